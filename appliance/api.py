@@ -1,0 +1,140 @@
+"""Local API: JSON lines over a Unix socket (mode 0660, never TCP).
+
+Requests are one JSON object per line with a ``type``: ``ask`` (``question``, optional
+``top_k``), ``outline`` (the knowledge base's documents and sections) or ``ping``. Every request
+gets exactly one response line, echoing its ``id``; bad requests get ``{"type": "error"}`` and
+the connection stays usable, except after an over-long line, which closes it.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ApplianceError
+from appliance.index import kb_outline
+from appliance.pipeline import QAPipeline
+
+log = logging.getLogger(__name__)
+
+
+def error(message: str, code: str, request_id: Any = None) -> dict:
+    return {"type": "error", "id": request_id, "code": code, "error": message}
+
+
+def socket_in_use(path: Path) -> bool:
+    """True when a live server answers on ``path`` (a stale file from a crash does not count)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+class ApiServer:
+    def __init__(self, pipeline: QAPipeline, socket_path: Path, max_line_bytes: int = 65536):
+        self.pipeline = pipeline
+        self.socket_path = Path(socket_path)
+        self.max_line_bytes = max_line_bytes
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qa")  # one model call at a time
+        self.server: asyncio.AbstractServer | None = None
+        self.clients: set[asyncio.StreamWriter] = set()
+        self._outline = [d.to_json() for d in kb_outline(pipeline.index.passages)]
+
+    async def start(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.socket_path.exists() or self.socket_path.is_symlink():
+            if socket_in_use(self.socket_path):
+                raise ApplianceError(f"another appliance server is already listening on {self.socket_path}")
+            self.socket_path.unlink()
+        old_umask = os.umask(0o117)  # the socket is born 0660: no window where others could connect
+        try:
+            self.server = await asyncio.start_unix_server(self._serve_client, path=str(self.socket_path),
+                                                          limit=self.max_line_bytes)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, 0o660)
+
+    async def close(self) -> None:
+        if self.server:
+            self.server.close()
+            for writer in list(self.clients):  # Python 3.11's wait_closed does not end open connections
+                writer.close()
+            await self.server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients.add(writer)
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (asyncio.LimitOverrunError, ValueError):
+                    await self._send(writer, error(f"request line over {self.max_line_bytes} bytes", "line_too_long"))
+                    break
+                if not line:
+                    break
+                await self._send(writer, await self.respond(line))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away; nothing to answer
+        finally:
+            self.clients.discard(writer)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, message: dict) -> None:
+        writer.write(json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n")
+        await writer.drain()
+
+    async def respond(self, line: bytes) -> dict:
+        try:
+            request = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return error(f"malformed JSON: {exc}", "malformed")
+        if not isinstance(request, dict):
+            return error("a request must be a JSON object", "malformed")
+        request_id, kind = request.get("id"), request.get("type")
+        if kind == "ping":
+            return {"type": "pong", "id": request_id}
+        if kind == "outline":
+            return {"type": "outline", "id": request_id, "documents": self._outline}
+        if kind != "ask":
+            return error(f"unknown request type {kind!r} (ask, outline, ping)", "unknown_type", request_id)
+        question, top_k = request.get("question"), request.get("top_k")
+        if not isinstance(question, str):
+            return error("'question' must be a string", "bad_question", request_id)
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 50):
+            return error("'top_k' must be an integer from 1 to 50", "bad_request", request_id)
+        try:
+            answer = await asyncio.get_running_loop().run_in_executor(self.executor, self.pipeline.ask, question, top_k)
+        except ApplianceError as exc:
+            return error(str(exc), type(exc).__name__, request_id)
+        except Exception as exc:  # a bug must not take the daemon down; it is logged with its traceback
+            log.exception("ask failed")
+            return error(f"internal error: {type(exc).__name__}", "internal", request_id)
+        log.info(json.dumps({"event": "answered", "abstained": answer.abstained, "confidence": answer.confidence,
+                             **{f"{k}_ms": v for k, v in answer.timings_ms.items()}}))
+        return {"type": "answer", "id": request_id, "answer": answer.to_json()}
+
+
+async def serve(pipeline: QAPipeline, socket_path: Path, max_line_bytes: int, ready=None) -> None:
+    server = ApiServer(pipeline, socket_path, max_line_bytes)
+    await server.start()
+    log.warning("listening on %s", socket_path)
+    if ready:
+        ready()
+    try:
+        await server.server.serve_forever()
+    finally:
+        await server.close()

@@ -1,0 +1,54 @@
+"""Model directories and their manifests: nothing is loaded unless its sha256 matches.
+
+A manifest lists every file with its sha256 and size, plus the command that rebuilds the
+directory, so a missing or corrupt file produces an error a person can act on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from appliance.errors import ModelError
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_verified_manifest(model_dir: Path) -> dict:
+    """Return the manifest of ``model_dir`` after checking every file it lists."""
+    manifest_path = model_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelError(f"model manifest missing: {manifest_path} (rebuild the model with the build_tools "
+                         f"command in README, or restore models/ from the release)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"model manifest unreadable: {manifest_path} ({exc})") from None
+    rebuild = manifest.get("rebuild", "see README")
+    for name, meta in files.items():
+        path = model_dir / name
+        if not path.is_file():
+            raise ModelError(f"model file missing: {path}; rebuild it with: {rebuild}")
+        if path.stat().st_size != meta["bytes"]:
+            raise ModelError(f"model file truncated or changed: {path} ({path.stat().st_size} bytes, "
+                             f"manifest says {meta['bytes']}); rebuild it with: {rebuild}")
+        if sha256_file(path) != meta["sha256"]:
+            raise ModelError(f"model file corrupt (sha256 mismatch): {path}; rebuild it with: {rebuild}")
+    return manifest
+
+
+def model_file(model_dir: Path, manifest: dict, role: str) -> Path:
+    """The file that plays ``role`` (e.g. "onnx", "tokenizer") in a verified model directory."""
+    try:
+        return model_dir / manifest["roles"][role]
+    except KeyError:
+        raise ModelError(f"{model_dir / MANIFEST} names no '{role}' file") from None

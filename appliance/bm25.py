@@ -1,0 +1,71 @@
+"""A small BM25 (Okapi) lexical index: exact names and codes ("E02", "amoxicillin") that a
+dense encoder blurs are what it finds best."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
+STOPWORDS = frozenset(
+    "a an and are as at be but by can do does for from has have how i if in into is it its my "
+    "of on or should so than that the their them then there these they this to was what when "
+    "where which who why will with you your".split()
+)
+
+
+def tokenize(text: str) -> list[str]:
+    return [t for t in _TOKEN.findall(text.lower()) if t not in STOPWORDS]
+
+
+class BM25:
+    def __init__(self, postings: dict[str, dict[int, int]], doc_lengths: list[int], k1: float = 1.2, b: float = 0.75):
+        self.postings = postings
+        self.doc_lengths = np.asarray(doc_lengths, dtype=np.float32)
+        self.k1, self.b = k1, b
+        n = max(len(doc_lengths), 1)
+        self.avg_length = float(self.doc_lengths.mean()) if len(doc_lengths) else 1.0
+        self.idf = {t: math.log(1 + (n - len(p) + 0.5) / (len(p) + 0.5)) for t, p in postings.items()}
+
+    @classmethod
+    def build(cls, texts: list[str]) -> "BM25":
+        postings: dict[str, dict[int, int]] = {}
+        lengths = []
+        for i, text in enumerate(texts):
+            tokens = tokenize(text)
+            lengths.append(len(tokens))
+            for term, tf in Counter(tokens).items():
+                postings.setdefault(term, {})[i] = tf
+        return cls(postings, lengths)
+
+    def scores(self, query: str) -> np.ndarray:
+        scores = np.zeros(len(self.doc_lengths), dtype=np.float32)
+        norm = self.k1 * (1 - self.b + self.b * self.doc_lengths / max(self.avg_length, 1e-9))
+        for term in set(tokenize(query)):
+            posting = self.postings.get(term)
+            if not posting:
+                continue
+            docs = np.fromiter(posting.keys(), dtype=np.int64, count=len(posting))
+            tf = np.fromiter(posting.values(), dtype=np.float32, count=len(posting))
+            scores[docs] += self.idf[term] * tf * (self.k1 + 1) / (tf + norm[docs])
+        return scores
+
+    def search(self, query: str, k: int) -> list[int]:
+        scores = self.scores(query)
+        hits = np.flatnonzero(scores > 0)
+        return hits[np.argsort(-scores[hits], kind="stable")][:k].tolist()
+
+    def save(self, path: Path) -> None:
+        data = {"k1": self.k1, "b": self.b, "doc_lengths": self.doc_lengths.astype(int).tolist(),
+                "postings": {t: [[d, tf] for d, tf in p.items()] for t, p in self.postings.items()}}
+        path.write_text(json.dumps(data), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> "BM25":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        postings = {t: {d: tf for d, tf in p} for t, p in data["postings"].items()}
+        return cls(postings, data["doc_lengths"], data["k1"], data["b"])

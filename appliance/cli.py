@@ -1,0 +1,138 @@
+"""`appliance` command line: ask a question, build the index."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from appliance.config import CONFIG_ENV, load_config
+from appliance.errors import ApplianceError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help=f"TOML config file (default: ${CONFIG_ENV}, else built-in defaults)")
+    p.add_argument("--kb", type=Path, help="knowledge-base directory (default: config paths.kb)")
+    p.add_argument("--index", type=Path, help="index directory (default: config paths.index)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description="Offline question answering over a local knowledge base.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ask = sub.add_parser("ask", help="answer one question (builds the index first if it is missing)")
+    ask.add_argument("question")
+    _common(ask)
+    ask.add_argument("--top-k", type=int, help="passages handed to the reader (default: config retriever.top_k)")
+    ask.add_argument("--json", action="store_true", help="print the whole answer object as JSON")
+    index = sub.add_parser("index", help="(re)build the index from the knowledge base")
+    _common(index)
+    serve = sub.add_parser("serve", help="run the daemon: the local JSON-lines API on a Unix socket")
+    _common(serve)
+    serve.add_argument("--socket", type=Path, help="socket path (default: config api.socket)")
+    tui = sub.add_parser("tui", help="terminal UI (uses the daemon when it runs, else loads the models)")
+    _common(tui)
+    tui.add_argument("--socket", type=Path, help="daemon socket (default: config api.socket)")
+    return parser
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from appliance.pipeline import QAPipeline, normalize_question
+
+    config = load_config(args.config)
+    normalize_question(args.question, config.ask.max_question_chars)  # reject bad input before loading models
+    if args.top_k is not None and not 1 <= args.top_k <= 50:
+        raise ApplianceError("--top-k must be between 1 and 50")
+    started = time.perf_counter()
+    pipeline = QAPipeline(config, args.kb, args.index)
+    load_ms = (time.perf_counter() - started) * 1000
+    answer = pipeline.ask(args.question, args.top_k)
+    if args.json:
+        data = answer.to_json()
+        data["timings_ms"]["load"] = round(load_ms, 1)
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    if answer.abstained:
+        print("I don't know.")
+        if answer.source:
+            print(f"Closest section: {answer.source.citation}")
+    else:
+        print(f"Answer:     {answer.text}")
+        print(f"Source:     {answer.source.citation}")
+        print(f"Evidence:   {answer.evidence}")
+    print(f"Confidence: {answer.confidence:.2f}")
+    timings = ", ".join(f"{k} {v:.0f} ms" for k, v in answer.timings_ms.items())
+    print(f"Timings:    {timings} (models and index loaded in {load_ms:.0f} ms)")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from appliance.encoder import SentenceEncoder
+    from appliance.index import build_index
+
+    config = load_config(args.config)
+    kb = args.kb or config.resolve(config.paths.kb)
+    index_dir = args.index or config.resolve(config.paths.index)
+    encoder = SentenceEncoder(config.resolve(config.paths.retriever_model), config.retriever.max_length,
+                              config.retriever.threads)
+    summary = build_index(kb, index_dir, encoder, config.ingest.max_passage_words, config.ingest.max_file_bytes,
+                          progress=sys.stderr.isatty())
+    print(f"Indexed {summary.documents} documents into {summary.passages} passages in {summary.seconds:.1f} s "
+          f"→ {summary.path}")
+    print(f"Skipped {len(summary.skipped)} file(s)" + (":" if summary.skipped else "."))
+    for warning in summary.skipped:
+        print(f"  - {warning}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from appliance.api import serve
+    from appliance.pipeline import QAPipeline
+
+    logging.getLogger().setLevel(logging.INFO)
+    config = load_config(args.config)
+    socket_path = args.socket or config.resolve(config.api.socket)
+    pipeline = QAPipeline(config, args.kb, args.index)
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await serve(pipeline, socket_path, config.api.max_line_bytes)
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from appliance.tui import ApplianceTUI
+
+    ApplianceTUI(load_config(args.config), args.kb, args.index, args.socket).run()
+    return 0
+
+
+COMMANDS = {"ask": cmd_ask, "index": cmd_index, "serve": cmd_serve, "tui": cmd_tui}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ApplianceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""One typed configuration tree, read from one TOML file.
+
+Every field has a documented default, so an empty file (or none) is a valid config. The file is
+found via ``--config``, else ``$APPLIANCE_CONFIG``, else the built-in defaults are used.
+Relative paths are resolved against the project root (the directory holding ``models/``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_ENV = "APPLIANCE_CONFIG"
+
+
+@dataclass
+class PathsConfig:
+    kb: Path = Path("knowledge")  # knowledge base: Markdown, text, HTML, PDF, SPL XML
+    index: Path = Path("index")  # built by `appliance index`, rebuilt on demand by `ask`
+    retriever_model: Path = Path("models/retriever")
+    reader_model: Path = Path("models/reader")
+
+
+@dataclass
+class IngestConfig:
+    max_passage_words: int = 180  # passages longer than this are split at sentence boundaries
+    max_file_bytes: int = 20_000_000  # larger files are skipped with a warning
+
+
+@dataclass
+class RetrieverConfig:
+    top_k: int = 5  # passages handed to the reader
+    candidates: int = 30  # per ranker, before fusion
+    rrf_k: int = 60  # reciprocal-rank-fusion constant (Cormack et al.)
+    mode: str = "hybrid"  # hybrid | dense | bm25
+    max_length: int = 256  # encoder tokens per passage
+    threads: int = 2
+
+
+@dataclass
+class ReaderConfig:
+    max_length: int = 256  # tokens per question+passage window (the length it was trained on)
+    stride: int = 96  # overlap between windows of one long passage
+    max_answer_tokens: int = 30
+    threshold: float = 0.3  # below this confidence the box says "I don't know"
+    threads: int = 2
+
+
+@dataclass
+class AskConfig:
+    max_question_chars: int = 500
+
+
+@dataclass
+class ApiConfig:
+    socket: Path = Path("run/appliance.sock")  # Unix socket of the local JSON-lines API (mode 0660)
+    max_line_bytes: int = 65536  # longer request lines are refused and the connection closed
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    ask: AskConfig = field(default_factory=AskConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+
+    def resolve(self, path: Path) -> Path:
+        """Relative paths in the config are relative to the project root."""
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section [{where}] must be a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) in [{where}]: {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, key)
+        elif isinstance(default, Path):
+            kwargs[name] = Path(value)
+        elif isinstance(default, bool) or not isinstance(value, type(default)):
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                kwargs[name] = float(value)
+            elif type(value) is type(default):
+                kwargs[name] = value
+            else:
+                raise ConfigError(f"config key {key} must be {type(default).__name__}, got {value!r}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read the TOML file named by ``path`` or ``$APPLIANCE_CONFIG``; defaults otherwise."""
+    path = path or os.environ.get(CONFIG_ENV)
+    if not path:
+        return Config()
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    return _build(Config, values, "")

@@ -1,0 +1,30 @@
+"""Errors the appliance reports to people: each says what is wrong and what to do."""
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base class: the CLI prints the message and exits non-zero, never a traceback."""
+
+    exit_code = 1
+
+
+class BadQuestionError(ApplianceError):
+    exit_code = 2
+
+
+class ConfigError(ApplianceError):
+    exit_code = 2
+
+
+class ModelError(ApplianceError):
+    """A model file is missing, truncated or not the one its manifest names."""
+
+    exit_code = 3
+
+
+class IndexMissingError(ApplianceError):
+    exit_code = 4
+
+
+class IngestError(ApplianceError):
+    """One knowledge-base file could not be read; indexing skips it and goes on."""

@@ -1,0 +1,210 @@
+"""Build and load the knowledge-base index atomically.
+
+Layout: ``INDEX/current`` is a symlink to ``INDEX/v-<timestamp>/`` holding passages.jsonl,
+dense.faiss, bm25.json and manifest.json. A build writes a new version in a temporary
+directory, renames it, then swaps the symlink with one rename: a crash at any point leaves the
+previous index intact, and a reader sees either the old or the new version, never a mix.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from appliance.bm25 import BM25
+from appliance.encoder import SentenceEncoder
+from appliance.errors import IndexMissingError, IngestError
+from appliance.ingest import Passage, document_passages, escapes_root, iter_kb_files, read_document
+
+log = logging.getLogger(__name__)
+CURRENT = "current"
+FILES = ("passages.jsonl", "dense.faiss", "bm25.json", "manifest.json")
+
+
+@dataclass
+class IndexSummary:
+    documents: int = 0
+    passages: int = 0
+    skipped: list[str] = field(default_factory=list)  # one warning per skipped file
+    seconds: float = 0.0
+    path: str = ""
+
+
+@dataclass
+class LoadedIndex:
+    passages: list[Passage]
+    dense: faiss.Index
+    bm25: BM25
+    manifest: dict
+    path: Path
+
+
+def collect_passages(kb_dir: Path, max_words: int, max_bytes: int, summary: IndexSummary) -> list[Passage]:
+    passages: list[Passage] = []
+    for path in iter_kb_files(kb_dir):
+        if escapes_root(path, kb_dir):
+            summary.skipped.append(f"{path}: symlink leaves the knowledge-base root, not followed")
+            continue
+        try:
+            doc = read_document(path, kb_dir, max_bytes)
+        except IngestError as exc:
+            summary.skipped.append(str(exc))
+            continue
+        summary.documents += 1
+        passages += document_passages(doc, max_words)
+    return passages
+
+
+def _encode_with_progress(encoder: SentenceEncoder, texts: list[str], show: bool) -> np.ndarray:
+    batch = 64
+    chunks = range(0, len(texts), batch)
+    if show and len(texts) > batch * 4:
+        from tqdm import tqdm
+
+        chunks = tqdm(chunks, desc="encoding passages", unit="batch")
+    parts = [encoder.encode(texts[i : i + batch]) for i in chunks]
+    return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype=np.float32)
+
+
+def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, max_words: int = 180,
+                max_bytes: int = 20_000_000, progress: bool = False) -> IndexSummary:
+    started = time.time()
+    summary = IndexSummary()
+    if not kb_dir.is_dir():
+        raise IndexMissingError(f"knowledge-base directory not found: {kb_dir}")
+    passages = collect_passages(kb_dir, max_words, max_bytes, summary)
+    for warning in summary.skipped:
+        log.warning("skipped %s", warning)
+    if not passages:
+        raise IndexMissingError(f"no readable documents in {kb_dir}; nothing indexed (index left as it was)")
+
+    index_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(index_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"
+    tmp = index_dir / f".tmp-{stamp}"
+    tmp.mkdir()
+    try:
+        search_texts = [p.search_text() for p in passages]
+        vectors = _encode_with_progress(encoder, search_texts, progress)
+        dense = faiss.IndexFlatIP(vectors.shape[1])
+        dense.add(vectors)
+        faiss.write_index(dense, str(tmp / "dense.faiss"))
+        BM25.build(search_texts).save(tmp / "bm25.json")
+        with open(tmp / "passages.jsonl", "w", encoding="utf-8") as fh:
+            for p in passages:
+                fh.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+        manifest = {
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kb": str(kb_dir.resolve()),
+            "documents": summary.documents, "passages": len(passages), "skipped": len(summary.skipped),
+            "encoder_sha256": encoder.sha256, "dim": int(vectors.shape[1]),
+            "max_passage_words": max_words, "build_seconds": round(time.time() - started, 2),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        _fsync_dir_files(tmp)
+        final = index_dir / f"v-{stamp}"
+        os.rename(tmp, final)
+        _swap_current(index_dir, final.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _remove_old_versions(index_dir)
+    summary.passages, summary.seconds, summary.path = len(passages), round(time.time() - started, 2), str(index_dir)
+    return summary
+
+
+def _fsync_dir_files(directory: Path) -> None:
+    for path in directory.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_current(index_dir: Path, target: str) -> None:
+    link = index_dir / f".current-{os.getpid()}"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(target, link)
+    os.replace(link, index_dir / CURRENT)
+
+
+def _remove_stale_builds(index_dir: Path) -> None:
+    """Leftovers of a build that was killed: never referenced by ``current``."""
+    for path in index_dir.glob(".tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in index_dir.glob(".current-*"):
+        path.unlink(missing_ok=True)
+
+
+def _remove_old_versions(index_dir: Path) -> None:
+    current = os.readlink(index_dir / CURRENT)
+    for path in index_dir.glob("v-*"):
+        if path.name != current:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class OutlineSection:
+    path: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class OutlineDocument:
+    title: str
+    source: str
+    sections: list[OutlineSection]
+
+    def to_json(self) -> dict:
+        return {"title": self.title, "source": self.source,
+                "sections": [{"path": list(s.path), "text": s.text} for s in self.sections]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "OutlineDocument":
+        return cls(data["title"], data["source"],
+                   [OutlineSection(tuple(s["path"]), s["text"]) for s in data["sections"]])
+
+
+def kb_outline(passages: list[Passage]) -> list[OutlineDocument]:
+    """Documents → sections → text, rebuilt from the indexed passages (what the TUI browses)."""
+    docs: dict[str, tuple[str, dict[tuple[str, ...], list[str]]]] = {}
+    for p in passages:
+        title, sections = docs.setdefault(p.source, (p.doc_title, {}))
+        sections.setdefault(p.section, []).append(p.text)
+    return [OutlineDocument(title, source, [OutlineSection(path, "\n".join(texts)) for path, texts in sections.items()])
+            for source, (title, sections) in sorted(docs.items(), key=lambda item: item[1][0].lower())]
+
+
+def index_exists(index_dir: Path) -> bool:
+    return (index_dir / CURRENT / "manifest.json").is_file()
+
+
+def load_index(index_dir: Path) -> LoadedIndex:
+    """Load the version ``current`` points at (resolved once, so files come from one version)."""
+    link = index_dir / CURRENT
+    if not link.exists():
+        raise IndexMissingError(f"no index at {index_dir}; build it with: appliance index --index {index_dir}")
+    version = index_dir / os.readlink(link)
+    try:
+        manifest = json.loads((version / "manifest.json").read_text(encoding="utf-8"))
+        with open(version / "passages.jsonl", encoding="utf-8") as fh:
+            passages = [Passage.from_json(json.loads(line)) for line in fh]
+        dense = faiss.read_index(str(version / "dense.faiss"))
+        bm25 = BM25.load(version / "bm25.json")
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise IndexMissingError(f"index at {index_dir} is unreadable ({exc}); rebuild it with: "
+                                f"appliance index --index {index_dir}") from None
+    if dense.ntotal != len(passages):
+        raise IndexMissingError(f"index at {index_dir} is inconsistent; rebuild it with: appliance index")
+    return LoadedIndex(passages, dense, bm25, manifest, version)

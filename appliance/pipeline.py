@@ -1,0 +1,89 @@
+"""Question → passages → answer, with per-stage timings. Front ends call only this."""
+from __future__ import annotations
+
+import re
+import time
+import unicodedata
+from pathlib import Path
+
+from appliance.answer import Answer, Source
+from appliance.config import Config
+from appliance.encoder import SentenceEncoder
+from appliance.errors import BadQuestionError
+from appliance.index import build_index, index_exists, load_index
+from appliance.ingest import Passage, split_sentences
+from appliance.reader import Reader
+from appliance.retriever import Retriever
+
+
+def normalize_question(raw: str, max_chars: int) -> str:
+    """Printable, single-spaced text; BadQuestionError for empty or over-long questions."""
+    if not isinstance(raw, str):
+        raise BadQuestionError("the question must be text")
+    text = "".join(" " if unicodedata.category(ch)[0] in "CZ" else ch for ch in raw)
+    text = " ".join(text.split())
+    if not text:
+        raise BadQuestionError("the question is empty")
+    if len(text) > max_chars:
+        raise BadQuestionError(f"the question is {len(text)} characters long; the limit is {max_chars}")
+    return text
+
+
+def evidence_sentence(passage: str, start: int, end: int) -> str:
+    """The sentence(s) of ``passage`` that contain the span [start, end)."""
+    offset = 0
+    chosen = []
+    for line in passage.split("\n"):
+        for sentence in split_sentences(line):
+            s_start = passage.find(sentence, offset)
+            s_end = s_start + len(sentence)
+            offset = max(offset, s_end)
+            if s_start < end and s_end > start:
+                chosen.append(sentence)
+    return " ".join(chosen) or passage[start:end]
+
+
+def _source(p: Passage) -> Source:
+    return Source(p.doc_title, p.source, p.section)
+
+
+class QAPipeline:
+    def __init__(self, config: Config, kb: Path | None = None, index: Path | None = None,
+                 build_if_missing: bool = True):
+        self.config = config
+        paths = config.paths
+        self.kb = kb or config.resolve(paths.kb)
+        self.index_dir = index or config.resolve(paths.index)
+        rc, qc = config.retriever, config.reader
+        self.encoder = SentenceEncoder(config.resolve(paths.retriever_model), rc.max_length, rc.threads)
+        if build_if_missing and not index_exists(self.index_dir):
+            build_index(self.kb, self.index_dir, self.encoder, config.ingest.max_passage_words,
+                        config.ingest.max_file_bytes)
+        self.index = load_index(self.index_dir)
+        self.retriever = Retriever(self.encoder, self.index.dense, self.index.bm25, rc.mode, rc.candidates, rc.rrf_k)
+        self.reader = Reader(config.resolve(paths.reader_model), qc.max_length, qc.stride,
+                             qc.max_answer_tokens, qc.threads)
+
+    def ask(self, question: str, top_k: int | None = None) -> Answer:
+        question = normalize_question(question, self.config.ask.max_question_chars)
+        top_k = top_k or self.config.retriever.top_k
+        t0 = time.perf_counter()
+        hits = self.retriever.search(question, top_k)
+        t1 = time.perf_counter()
+        passages = [self.index.passages[h.index] for h in hits]
+        predictions = self.reader.predict([(question, p.text) for p in passages])
+        t2 = time.perf_counter()
+        timings = {"retrieval": round((t1 - t0) * 1000, 1), "reader": round((t2 - t1) * 1000, 1)}
+        scored = [(pred, p) for pred, p in zip(predictions, passages) if pred is not None]
+        candidates = [_source(p) for p in passages]
+        if not scored:
+            return Answer(question, "", 0.0, True, candidates[0] if candidates else None, "", "", 0, 0,
+                          timings, candidates)
+        pred, passage = max(scored, key=lambda item: item[0].confidence)
+        abstained = pred.confidence < self.config.reader.threshold
+        return Answer(
+            question=question, text="" if abstained else pred.text, confidence=round(pred.confidence, 4),
+            abstained=abstained, source=_source(passage),
+            evidence=evidence_sentence(passage.text, pred.start, pred.end), passage=passage.text,
+            start=pred.start, end=pred.end, timings_ms=timings, candidates=candidates,
+        )

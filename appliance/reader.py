@@ -1,0 +1,100 @@
+"""Extractive reader: the best answer span for a question over a few passages (int8 ONNX).
+
+Each passage is cut into overlapping windows; in every window the start and end distributions
+are softmaxes over [CLS] plus the context tokens, so probability mass on [CLS] means "no answer
+here". A span's confidence is P(start) * P(end) in its window: low when the model prefers
+[CLS] or is torn between spans, which is what the abstention threshold needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from appliance.artifacts import load_verified_manifest, model_file
+from appliance.encoder import make_session
+from appliance.windows import Window, load_tokenizer, make_windows
+
+
+@dataclass(frozen=True)
+class SpanPrediction:
+    pair: int  # which (question, context) pair it answers
+    start: int  # character offsets in that context
+    end: int
+    text: str
+    confidence: float  # P(start) * P(end) within its window
+    no_answer: float  # P(start=CLS) * P(end=CLS) in that window
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max()
+    return x - np.log(np.exp(x).sum())
+
+
+def best_span(start_logits: np.ndarray, end_logits: np.ndarray, window: Window,
+              max_answer_tokens: int) -> tuple[int, int, float, float] | None:
+    """(start_token, end_token, confidence, no_answer) of the best span in one window."""
+    n = len(window)
+    context = np.array([off is not None for off in window.context_offsets])
+    allowed = context.copy()
+    allowed[0] = True  # [CLS] = no answer
+    s = np.where(allowed, start_logits[:n], -np.inf)
+    e = np.where(allowed, end_logits[:n], -np.inf)
+    log_s, log_e = _log_softmax(s), _log_softmax(e)
+    no_answer = float(np.exp(log_s[0] + log_e[0]))
+    scores = log_s[:, None] + log_e[None, :]
+    i, j = np.indices(scores.shape)
+    valid = (j >= i) & (j - i < max_answer_tokens) & context[:, None] & context[None, :]
+    if not valid.any():
+        return None
+    scores = np.where(valid, scores, -np.inf)
+    flat = int(np.argmax(scores))
+    start, end = divmod(flat, n)
+    return start, end, float(np.exp(scores[start, end])), no_answer
+
+
+class Reader:
+    """Owns one ORT session; maps (question, context) pairs to their best spans."""
+
+    def __init__(self, model_dir: Path, max_length: int = 256, stride: int = 96,
+                 max_answer_tokens: int = 30, threads: int = 2, onnx_name: str | None = None):
+        self.model_dir = Path(model_dir)
+        self.manifest = load_verified_manifest(self.model_dir)
+        onnx_path = self.model_dir / onnx_name if onnx_name else model_file(self.model_dir, self.manifest, "onnx")
+        self.tokenizer = load_tokenizer(model_file(self.model_dir, self.manifest, "tokenizer"))
+        self.session = make_session(onnx_path, threads)
+        self.max_length, self.stride, self.max_answer_tokens = max_length, stride, max_answer_tokens
+
+    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[SpanPrediction | None]:
+        """Best span for every pair (None when no window has a context token)."""
+        windows = [(p, w) for p, ws in enumerate(make_windows(self.tokenizer, pairs, self.max_length, self.stride))
+                   for w in ws]
+        best: list[SpanPrediction | None] = [None] * len(pairs)
+        order = sorted(range(len(windows)), key=lambda k: len(windows[k][1]))
+        for b in range(0, len(order), batch_size):
+            batch = [windows[k] for k in order[b : b + batch_size]]
+            starts, ends = self._run([w for _, w in batch])
+            for (pair, window), s_logits, e_logits in zip(batch, starts, ends):
+                found = best_span(s_logits, e_logits, window, self.max_answer_tokens)
+                if found is None:
+                    continue
+                s_tok, e_tok, confidence, no_answer = found
+                current = best[pair]
+                if current is None or confidence > current.confidence:
+                    start_char = window.context_offsets[s_tok][0]
+                    end_char = window.context_offsets[e_tok][1]
+                    text = pairs[pair][1][start_char:end_char]
+                    best[pair] = SpanPrediction(pair, start_char, end_char, text, confidence, no_answer)
+        return best
+
+    def _run(self, windows: list[Window]) -> tuple[np.ndarray, np.ndarray]:
+        width = max(len(w) for w in windows)
+        ids = np.zeros((len(windows), width), dtype=np.int64)
+        types = np.zeros_like(ids)
+        mask = np.zeros_like(ids)
+        for row, w in enumerate(windows):
+            ids[row, : len(w)], types[row, : len(w)], mask[row, : len(w)] = w.input_ids, w.token_type_ids, 1
+        start, end = self.session.run(["start_logits", "end_logits"],
+                                      {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+        return start, end

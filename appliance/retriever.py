@@ -1,0 +1,54 @@
+"""Hybrid retrieval: dense (int8 MiniLM + faiss) and BM25 ranks fused by reciprocal rank."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+
+from appliance.bm25 import BM25
+from appliance.encoder import SentenceEncoder
+
+
+@dataclass(frozen=True)
+class Hit:
+    index: int  # position in the passage list
+    score: float  # fused RRF score (or the single ranker's score)
+
+
+def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60) -> list[tuple[int, float]]:
+    """Cormack et al. 2009: score(d) = sum over rankers of 1 / (k + rank)."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, doc in enumerate(ranking, 1):
+            scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+
+
+class Retriever:
+    def __init__(self, encoder: SentenceEncoder, dense: faiss.Index, bm25: BM25,
+                 mode: str = "hybrid", candidates: int = 30, rrf_k: int = 60):
+        if mode not in {"hybrid", "dense", "bm25"}:
+            raise ValueError(f"retriever mode must be hybrid, dense or bm25, not {mode!r}")
+        self.encoder, self.dense, self.bm25 = encoder, dense, bm25
+        self.mode, self.candidates, self.rrf_k = mode, candidates, rrf_k
+
+    def dense_ranking(self, question: str, k: int) -> list[int]:
+        vector = self.encoder.encode([question])
+        _, ids = self.dense.search(vector, min(k, self.dense.ntotal))
+        return [int(i) for i in ids[0] if i >= 0]
+
+    def dense_rankings(self, questions: list[str], k: int) -> list[list[int]]:
+        vectors = self.encoder.encode(questions)
+        _, ids = self.dense.search(vectors, min(k, self.dense.ntotal))
+        return [[int(i) for i in row if i >= 0] for row in ids]
+
+    def search(self, question: str, top_k: int) -> list[Hit]:
+        k = max(self.candidates, top_k)
+        if self.mode == "bm25":
+            return [Hit(i, 0.0) for i in self.bm25.search(question, top_k)]
+        dense = self.dense_ranking(question, k)
+        if self.mode == "dense":
+            return [Hit(i, 0.0) for i in dense[:top_k]]
+        fused = reciprocal_rank_fusion([dense, self.bm25.search(question, k)], self.rrf_k)
+        return [Hit(i, s) for i, s in fused[:top_k]]
+

@@ -1,0 +1,143 @@
+"""`appliance ask` latency, cold start and peak RSS: shipped int8 ONNX pipeline vs the same
+pipeline on the fp32 PyTorch models, measured in one run, interleaved, on the same questions.
+
+    python -m benchmarks.ask_latency [--questions 50] [--threads 2] [--checkpoint build/reader-train/final]
+
+Needs the ``build`` extra (torch, transformers) for the PyTorch baseline; prints JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+QUESTION_FILES = sorted((ROOT / "tests" / "data").glob("kb_questions_*.json"))
+
+
+class TorchEncoder:
+    """all-MiniLM-L6-v2 in PyTorch fp32, mean pooled: the encoder the int8 ONNX one replaces."""
+
+    def __init__(self, onnx_encoder, threads: int):
+        import torch
+        from transformers import AutoModel
+
+        from build_tools.paths import minilm_dir
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = AutoModel.from_pretrained(minilm_dir()).eval()
+        self.tokenizer, self.dim = onnx_encoder.tokenizer, onnx_encoder.dim
+        self.sha256 = onnx_encoder.sha256
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            encodings = self.tokenizer.encode_batch(texts[i : i + batch_size])
+            width = max(len(e.ids) for e in encodings)
+            ids = np.zeros((len(encodings), width), dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for row, e in enumerate(encodings):
+                ids[row, : len(e.ids)], mask[row, : len(e.ids)] = e.ids, 1
+            with self.torch.no_grad():
+                hidden = self.model(input_ids=self.torch.from_numpy(ids),
+                                    attention_mask=self.torch.from_numpy(mask)).last_hidden_state.numpy()
+            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+            out.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
+        return np.concatenate(out)
+
+
+def torch_reader_run(checkpoint: Path, threads: int):
+    """A replacement for Reader._run that calls the fp32 PyTorch checkpoint."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    torch.set_num_threads(threads)
+    model = AutoModelForQuestionAnswering.from_pretrained(checkpoint).eval()
+
+    def run(windows):
+        width = max(len(w) for w in windows)
+        ids = np.zeros((len(windows), width), dtype=np.int64)
+        types, mask = np.zeros_like(ids), np.zeros_like(ids)
+        for row, w in enumerate(windows):
+            ids[row, : len(w)], types[row, : len(w)], mask[row, : len(w)] = w.input_ids, w.token_type_ids, 1
+        with torch.no_grad():
+            out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                        token_type_ids=torch.from_numpy(types))
+        return out.start_logits.numpy(), out.end_logits.numpy()
+
+    return run
+
+
+def cold_start(index_dir: Path, question: str) -> dict:
+    """A fresh `appliance ask` process: wall time and its peak RSS."""
+    code = ("import resource, sys, time; t = time.perf_counter();"
+            "from appliance.cli import main; rc = main(['ask', sys.argv[1], '--index', sys.argv[2]]);"
+            "print('WALL', time.perf_counter() - t, 'RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", code, question, str(index_dir)], capture_output=True, text=True,
+                          cwd=ROOT, check=True)
+    fields = proc.stdout.split()
+    return {"wall_s": round(float(fields[fields.index("WALL") + 1]), 3),
+            "peak_rss_mb": round(int(fields[fields.index("RSS") + 1]) / 1024, 1)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--questions", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "build" / "reader-train" / "final")
+    p.add_argument("--index", type=Path, default=ROOT / "build" / "bench-index")
+    args = p.parse_args(argv)
+
+    from appliance.config import Config
+    from appliance.pipeline import QAPipeline
+
+    questions = [q["question"] for f in QUESTION_FILES for q in json.loads(f.read_text())][: args.questions]
+    config = Config()
+    config.retriever.threads = config.reader.threads = args.threads
+    onnx = QAPipeline(config, index=args.index)
+    cold = [cold_start(args.index, questions[0]) for _ in range(3)]
+
+    baseline = QAPipeline(config, index=args.index)
+    baseline.encoder = TorchEncoder(onnx.encoder, args.threads)
+    baseline.retriever.encoder = baseline.encoder
+    baseline.reader._run = torch_reader_run(args.checkpoint, args.threads)
+
+    for pipe in (onnx, baseline):  # warm-up
+        pipe.ask(questions[0])
+    times = {"onnx_int8": [], "pytorch_fp32": []}
+    agree = 0
+    for q in questions:  # interleaved so drift hits both alike
+        t = time.perf_counter()
+        a = onnx.ask(q)
+        times["onnx_int8"].append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        b = baseline.ask(q)
+        times["pytorch_fp32"].append((time.perf_counter() - t) * 1000)
+        agree += a.text == b.text
+    result = {
+        "questions": len(questions), "threads": args.threads,
+        "warm_latency_ms": {k: {"p50": percentile(v, 50), "p95": percentile(v, 95),
+                                "mean": round(statistics.mean(v), 1)} for k, v in times.items()},
+        "speedup_p50": round(percentile(times["pytorch_fp32"], 50) / percentile(times["onnx_int8"], 50), 2),
+        "same_answer_text": f"{agree}/{len(questions)}",
+        "cold_start_int8_cli": {"wall_s_median": statistics.median(c["wall_s"] for c in cold),
+                                "peak_rss_mb_max": max(c["peak_rss_mb"] for c in cold)},
+        "benchmark_process_peak_rss_mb_with_both": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

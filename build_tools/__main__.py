@@ -1,0 +1,26 @@
+"""python -m build_tools COMMAND ...: the offline model build steps."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "export-retriever": "build_tools.export_retriever",
+    "train-reader": "build_tools.train_reader",
+    "export-reader": "build_tools.export_reader",
+    "evaluate-reader": "build_tools.evaluate_reader",
+    "evaluate-retriever": "build_tools.evaluate_retriever",
+    "tune-threshold": "build_tools.tune_threshold",
+}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print("usage: python -m build_tools {" + ",".join(COMMANDS) + "} [options]", file=sys.stderr)
+        sys.exit(2)
+    command = sys.argv.pop(1)
+    importlib.import_module(COMMANDS[command]).main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

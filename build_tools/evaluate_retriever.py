@@ -1,0 +1,74 @@
+"""R@1/5/20 of each question's own paragraph among all paragraphs of a SQuAD-format file,
+for dense, BM25 and fused (reciprocal rank) retrieval, as JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import faiss
+
+from appliance.bm25 import BM25
+from appliance.config import Config
+from appliance.encoder import SentenceEncoder
+from appliance.retriever import Retriever, reciprocal_rank_fusion
+from build_tools.manifest import record_metrics
+from build_tools.squad import load_squad
+
+KS = (1, 5, 20)
+
+
+def recalls(rankings: list[list[int]], gold: list[int]) -> dict[str, float]:
+    return {f"R@{k}": round(sum(g in r[:k] for r, g in zip(rankings, gold)) / max(len(gold), 1), 4) for k in KS}
+
+
+def evaluate(data: Path, model_dir: Path, onnx_name: str | None, limit: int) -> dict:
+    examples = [ex for ex in load_squad(data) if not ex.is_impossible]
+    if limit:
+        examples = examples[:limit]
+    paragraphs = list(dict.fromkeys(ex.context for ex in load_squad(data)))
+    position = {text: i for i, text in enumerate(paragraphs)}
+    gold = [position[ex.context] for ex in examples]
+    questions = [ex.question for ex in examples]
+    cfg = Config().retriever
+    started = time.time()
+    encoder = SentenceEncoder(model_dir, cfg.max_length, cfg.threads, onnx_name)
+    dense = faiss.IndexFlatIP(encoder.dim)
+    dense.add(encoder.encode(paragraphs))
+    bm25 = BM25.build(paragraphs)
+    retriever = Retriever(encoder, dense, bm25, "hybrid", cfg.candidates, cfg.rrf_k)
+    depth = max(max(KS), cfg.candidates)
+    dense_rank = retriever.dense_rankings(questions, depth)
+    bm25_rank = [bm25.search(q, depth) for q in questions]
+    fused_rank = [[d for d, _ in reciprocal_rank_fusion([a, b], cfg.rrf_k)] for a, b in zip(dense_rank, bm25_rank)]
+    return {
+        "data": str(data), "encoder": str(model_dir / (onnx_name or encoder.manifest["roles"]["onnx"])),
+        "questions": len(questions), "paragraphs": len(paragraphs), "candidates_per_ranker": depth,
+        "dense": recalls(dense_rank, gold), "bm25": recalls(bm25_rank, gold), "fused": recalls(fused_rank, gold),
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="build_tools evaluate-retriever", description=__doc__)
+    p.add_argument("data", type=Path, help="SQuAD-format JSON (v1.1 or v2.0, optionally .gz)")
+    p.add_argument("--model", type=Path, default=Path("models/retriever"))
+    p.add_argument("--onnx", default=None, help="ONNX file in the model dir (default: its manifest's)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N answerable questions")
+    p.add_argument("--record", nargs="?", type=Path, const=True, default=None, metavar="MODEL_DIR",
+                   help="also store the result under metrics in manifest.json of MODEL_DIR (default: --model)")
+    args = p.parse_args(argv)
+    try:
+        result = evaluate(args.data, args.model, args.onnx, args.limit)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if args.record:
+        record_metrics(args.model if args.record is True else args.record, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Reading SQuAD-format files (v1.1 and v2.0, plain or gzipped) into flat examples."""
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SquadExample:
+    qid: str
+    question: str
+    context: str
+    answers: tuple[str, ...]  # gold texts; empty when unanswerable
+    answer_starts: tuple[int, ...]
+    paragraph_id: int  # index of the paragraph within the file
+    title: str
+
+    @property
+    def is_impossible(self) -> bool:
+        return not self.answers
+
+
+def load_squad(path: str | Path) -> list[SquadExample]:
+    """Flatten a SQuAD-format JSON file; raises ValueError naming the file if it is not one."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            data = json.load(fh)
+        articles = data["data"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a readable SQuAD-format JSON file ({exc})") from exc
+    examples: list[SquadExample] = []
+    paragraph_id = 0
+    for article in articles:
+        for para in article.get("paragraphs", []):
+            context = para["context"]
+            for qa in para.get("qas", []):
+                answers = [] if qa.get("is_impossible") else qa.get("answers", [])
+                examples.append(
+                    SquadExample(
+                        qid=str(qa.get("id", f"q{len(examples)}")),
+                        question=qa["question"],
+                        context=context,
+                        answers=tuple(a["text"] for a in answers),
+                        answer_starts=tuple(int(a.get("answer_start", -1)) for a in answers),
+                        paragraph_id=paragraph_id,
+                        title=article.get("title", ""),
+                    )
+                )
+            paragraph_id += 1
+    return examples

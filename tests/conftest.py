@@ -1,0 +1,97 @@
+"""Shared fixtures: the real shipped models, a real index of the bundled knowledge base."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run ``python -m appliance`` or ``python -m build_tools`` as a real subprocess."""
+    full_env = {k: v for k, v in os.environ.items() if k != "APPLIANCE_CONFIG"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def make_pdf(lines: list[str]) -> bytes:
+    """A minimal but valid one-page PDF with real text objects (what a PDF writer emits)."""
+    escaped = [line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in lines]
+    stream = "BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(f"({t}) Tj T*" for t in escaped) + " ET"
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        "/Resources << /Font << /F1 5 0 R >> >> >>",
+        f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream",
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode("latin-1")
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out
+
+
+@pytest.fixture(scope="session")
+def config():
+    from appliance.config import Config
+
+    return Config()
+
+
+@pytest.fixture(scope="session")
+def encoder(config):
+    from appliance.encoder import SentenceEncoder
+
+    return SentenceEncoder(config.resolve(config.paths.retriever_model))
+
+
+@pytest.fixture(scope="session")
+def reader(config):
+    from appliance.reader import Reader
+
+    c = config.reader
+    return Reader(config.resolve(config.paths.reader_model), c.max_length, c.stride, c.max_answer_tokens)
+
+
+@pytest.fixture(scope="session")
+def kb_index_dir(tmp_path_factory, encoder, config):
+    """A real index (faiss + BM25) of the bundled knowledge base, built once per test run."""
+    from appliance.index import build_index
+
+    index_dir = tmp_path_factory.mktemp("kb-index")
+    build_index(config.resolve(config.paths.kb), index_dir, encoder)
+    return index_dir
+
+
+@pytest.fixture(scope="session")
+def pipeline(config, kb_index_dir):
+    from appliance.pipeline import QAPipeline
+
+    return QAPipeline(config, index=kb_index_dir, build_if_missing=False)
+
+
+@pytest.fixture(scope="session")
+def kb_questions() -> list[dict]:
+    return [q for f in sorted(DATA.glob("kb_questions_*.json")) for q in json.loads(f.read_text(encoding="utf-8"))]
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is not present on this machine")
+    return SHARED

@@ -1,0 +1,45 @@
+"""The evaluation commands on a tiny SQuAD-format fixture (they must work on any such file)."""
+from __future__ import annotations
+
+import json
+
+from build_tools.evaluate_reader import exact_match, f1_score, normalize_answer
+from conftest import DATA, run_cli
+
+TINY = str(DATA / "tiny-squad.json")
+
+
+def test_official_normalisation_and_scores():
+    assert normalize_answer("The  Eco program!") == "eco program"
+    assert exact_match("the Eco program", "Eco program") == 1.0
+    assert f1_score("30 minutes long", "30 minutes") == 0.8
+    assert f1_score("", "") == 1.0 and f1_score("x", "") == 0.0
+
+
+def test_evaluate_reader_on_a_squad2_fixture():
+    result = run_cli("build_tools", "evaluate-reader", TINY)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["always_answer"]["questions"] == 5
+    assert report["always_answer"]["has_answer"]["count"] == 4
+    assert report["always_answer"]["has_answer"]["f1"] >= 75
+    assert report["with_abstention"]["no_answer"]["count"] == 1
+    assert "abstention_accuracy" in report["with_abstention"]["no_answer"]
+
+
+def test_evaluate_retriever_on_a_fixture():
+    result = run_cli("build_tools", "evaluate-retriever", TINY)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["paragraphs"] == 3 and report["questions"] == 4
+    for ranker in ("dense", "bm25", "fused"):
+        assert set(report[ranker]) == {"R@1", "R@5", "R@20"} and report[ranker]["R@5"] == 1.0
+    assert report["fused"]["R@1"] >= 0.75
+
+
+def test_evaluation_commands_reject_a_non_squad_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"not": "squad"}')
+    for command in ("evaluate-reader", "evaluate-retriever"):
+        result = run_cli("build_tools", command, str(bad))
+        assert result.returncode == 2 and "not a readable SQuAD-format" in result.stderr

@@ -1,0 +1,6 @@
+from appliance.config import Config, load_config
+from conftest import ROOT
+
+
+def test_example_config_documents_exactly_the_defaults():
+    assert load_config(ROOT / "appliance.example.toml") == Config()

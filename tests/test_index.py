@@ -1,0 +1,82 @@
+"""The index on disk: real faiss + BM25, built atomically."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from appliance.bm25 import BM25, tokenize
+from appliance.errors import IndexMissingError
+from appliance.index import build_index, load_index
+from appliance.retriever import reciprocal_rank_fusion
+
+
+def make_kb(root, text="# Pump\n\n## Priming\n\nPrime the pump with two litres of water before the first start.\n"):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pump.md").write_text(text)
+    return root
+
+
+def test_build_writes_passages_faiss_bm25_and_manifest(tmp_path, encoder):
+    kb = make_kb(tmp_path / "kb")
+    summary = build_index(kb, tmp_path / "index", encoder)
+    assert summary.documents == 1 and summary.passages == 1 and not summary.skipped
+    loaded = load_index(tmp_path / "index")
+    assert loaded.dense.ntotal == 1 and loaded.passages[0].section == ("Priming",)
+    assert loaded.manifest["encoder_sha256"] == encoder.manifest["files"]["model.int8.onnx"]["sha256"]
+    assert {"documents", "passages", "built", "skipped"} <= set(loaded.manifest)
+    assert sorted(os.listdir(loaded.path)) == ["bm25.json", "dense.faiss", "manifest.json", "passages.jsonl"]
+
+
+def test_failed_build_leaves_previous_index_intact(tmp_path, encoder):
+    kb = make_kb(tmp_path / "kb")
+    build_index(kb, tmp_path / "index", encoder)
+    before = load_index(tmp_path / "index")
+    (kb / "pump.md").write_bytes(b"\x00\x00binary now")
+    with pytest.raises(IndexMissingError, match="no readable documents"):
+        build_index(kb, tmp_path / "index", encoder)
+    after = load_index(tmp_path / "index")
+    assert after.path == before.path and after.passages == before.passages
+
+
+def test_rebuild_swaps_versions_and_cleans_leftovers(tmp_path, encoder):
+    kb = make_kb(tmp_path / "kb")
+    index_dir = tmp_path / "index"
+    build_index(kb, index_dir, encoder)
+    (index_dir / ".tmp-killed-build").mkdir()  # what a SIGKILLed build leaves behind
+    make_kb(kb, "# Pump\n\n## Seals\n\nReplace the shaft seal every 4,000 hours.\n")
+    build_index(kb, index_dir, encoder)
+    loaded = load_index(index_dir)
+    assert loaded.passages[0].section == ("Seals",)
+    assert sorted(p.name for p in index_dir.iterdir() if not p.name.startswith("v-")) == ["current"]
+    assert len([p for p in index_dir.iterdir() if p.name.startswith("v-")]) == 1
+
+
+def test_missing_index_is_a_clear_error(tmp_path):
+    with pytest.raises(IndexMissingError, match="appliance index"):
+        load_index(tmp_path / "nowhere")
+
+
+def test_missing_kb_is_a_clear_error(tmp_path, encoder):
+    with pytest.raises(IndexMissingError, match="not found"):
+        build_index(tmp_path / "no-kb", tmp_path / "index", encoder)
+
+
+def test_bm25_ranks_exact_terms_and_round_trips(tmp_path):
+    texts = ["Fault E02 means belt slip.", "Fault E05 means drive overtemperature.", "Grease the bearings."]
+    bm25 = BM25.build(texts)
+    assert bm25.search("what does E05 mean", 3)[0] == 1
+    assert bm25.search("zebra", 3) == []
+    bm25.save(tmp_path / "bm25.json")
+    again = BM25.load(tmp_path / "bm25.json")
+    assert again.search("belt slip", 1) == [0]
+    assert json.loads((tmp_path / "bm25.json").read_text())["k1"] == 1.2
+    assert "the" not in tokenize("The belt")
+
+
+def test_reciprocal_rank_fusion_rewards_agreement():
+    fused = reciprocal_rank_fusion([[1, 2, 3], [3, 1, 4]], k=60)
+    order = [doc for doc, _ in fused]
+    assert order[0] == 1 and set(order) == {1, 2, 3, 4}
+    assert order.index(3) < order.index(2)

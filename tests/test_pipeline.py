@@ -1,0 +1,71 @@
+"""Question → retrieval → reader → answer object, in process, on the bundled knowledge base."""
+from __future__ import annotations
+
+import pytest
+
+from appliance.errors import BadQuestionError
+from appliance.pipeline import evidence_sentence, normalize_question
+
+BREAD_SECTIONS = {"Preheating", "Baking bread"}  # the oven manual states the 20 minutes in both
+
+
+def test_bread_question_is_answered_with_its_source(pipeline):
+    answer = pipeline.ask("how long should I preheat the oven for bread?")
+    assert not answer.abstained
+    assert "20 minutes" in answer.text
+    assert answer.source.section[-1] in BREAD_SECTIONS
+    assert "oven" in answer.source.document.lower()
+    assert answer.text in answer.evidence and answer.passage[answer.start : answer.end] == answer.text
+    assert set(answer.timings_ms) == {"retrieval", "reader"}
+    assert "From Hearthline" in answer.spoken()
+
+
+def test_unrelated_question_is_an_honest_i_dont_know(pipeline):
+    answer = pipeline.ask("who won the football world cup in 1998?")
+    assert answer.abstained and answer.text == ""
+    assert answer.spoken().startswith("I don't know")
+
+
+def test_most_kb_questions_are_answered_correctly(pipeline, kb_questions):
+    correct = 0
+    for q in kb_questions:
+        answer = pipeline.ask(q["question"])
+        correct += (not answer.abstained) and (q["answer"].lower() in answer.text.lower()
+                                               or answer.text.lower() in q["answer"].lower() and len(answer.text) > 2)
+    assert correct / len(kb_questions) >= 0.6, f"{correct}/{len(kb_questions)}"
+
+
+def test_answer_json_round_trip(pipeline):
+    data = pipeline.ask("can I drink alcohol while taking metformin?").to_json()
+    assert {"text", "confidence", "abstained", "source", "evidence", "start", "end", "timings_ms",
+            "candidates"} <= set(data)
+    assert data["source"]["citation"].startswith("Metformin")
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "\n\t", "\x00\x01\x02", "\u200b"])
+def test_empty_questions_are_rejected(raw):
+    with pytest.raises(BadQuestionError, match="empty"):
+        normalize_question(raw, 500)
+
+
+def test_over_long_question_is_rejected():
+    with pytest.raises(BadQuestionError, match="limit is 500"):
+        normalize_question("why " * 200, 500)
+
+
+def test_questions_are_normalised():
+    assert normalize_question("  how\tlong\x07 to\npreheat?  ", 500) == "how long to preheat?"
+    assert normalize_question("Wie lange vorheizen? 🔥", 500) == "Wie lange vorheizen? 🔥"
+
+
+@pytest.mark.parametrize("question", ["🔥🔥🔥", "¿Puedo tomar ibuprofeno con alcohol?", "x" * 499,
+                                      "SELECT * FROM passages; --", "<script>alert(1)</script>"])
+def test_odd_questions_get_an_answer_or_an_abstention(pipeline, question):
+    answer = pipeline.ask(question)
+    assert isinstance(answer.abstained, bool) and 0.0 <= answer.confidence <= 1.0
+
+
+def test_evidence_is_the_sentence_holding_the_span():
+    passage = "Clean the filter weekly. Replace it every 6 months. Never run without it."
+    start = passage.index("every 6 months")
+    assert evidence_sentence(passage, start, start + 14) == "Replace it every 6 months."

@@ -1,0 +1,40 @@
+"""The real int8 reader: finds known spans, abstains on unrelated passages."""
+from __future__ import annotations
+
+from appliance.config import Config
+
+THRESHOLD = Config().reader.threshold
+DISHWASHER = ("The Quick program takes 30 minutes and washes at 45 degrees Celsius. "
+              "The Eco program takes 3 hours and 15 minutes and uses the least water and energy.")
+OVEN = "For bread, preheat the oven for 20 minutes at the baking temperature so the oven walls are fully heated."
+
+
+def test_finds_a_known_span_with_confidence(reader):
+    [pred] = reader.predict([("How long does the quick program take?", DISHWASHER)])
+    assert pred.text == "30 minutes"
+    assert DISHWASHER[pred.start : pred.end] == pred.text
+    assert pred.confidence >= THRESHOLD
+
+
+def test_best_span_over_several_passages(reader):
+    preds = reader.predict([("How long should I preheat for bread?", DISHWASHER),
+                            ("How long should I preheat for bread?", OVEN)])
+    best = max(preds, key=lambda p: p.confidence)
+    assert best.pair == 1 and "20 minutes" in best.text
+
+
+def test_abstains_on_an_unrelated_passage(reader):
+    [pred] = reader.predict([("What is the maximum daily dose of metformin?", OVEN)])
+    assert pred.confidence < THRESHOLD
+
+
+def test_answer_late_in_a_long_passage_uses_later_windows(reader):
+    filler = " ".join(f"Step {i} is to inspect panel number {i} for dust." for i in range(60))
+    context = filler + " The drive belt must be replaced every 2,000 operating hours."
+    [pred] = reader.predict([("How often must the drive belt be replaced?", context)])
+    assert "2,000 operating hours" in pred.text
+    assert context[pred.start : pred.end] == pred.text
+
+
+def test_context_without_tokens_gives_no_prediction(reader):
+    assert reader.predict([("anything?", "")]) == [None]
