@@ -147,11 +147,13 @@ def _remove_stale_builds(index_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _remove_old_versions(index_dir: Path) -> None:
+def _remove_old_versions(index_dir: Path, keep_previous: int = 1) -> None:
+    """Drop versions older than the current one and its predecessor: a reader that resolved the
+    previous link a moment ago can still finish reading it."""
     current = os.readlink(index_dir / CURRENT)
-    for path in index_dir.glob("v-*"):
-        if path.name != current:
-            shutil.rmtree(path, ignore_errors=True)
+    others = sorted((p for p in index_dir.glob("v-*") if p.name != current), key=lambda p: p.stat().st_mtime)
+    for path in others[: max(len(others) - keep_previous, 0)]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -190,21 +192,35 @@ def index_exists(index_dir: Path) -> bool:
     return (index_dir / CURRENT / "manifest.json").is_file()
 
 
-def load_index(index_dir: Path) -> LoadedIndex:
-    """Load the version ``current`` points at (resolved once, so files come from one version)."""
+def load_index(index_dir: Path, attempts: int = 3) -> LoadedIndex:
+    """Load the version ``current`` points at (resolved once, so files come from one version).
+
+    If that version disappears while it is being read (two rebuilds in quick succession), the
+    link is resolved again; a reader never combines files of two versions.
+    """
     link = index_dir / CURRENT
-    if not link.exists():
-        raise IndexMissingError(f"no index at {index_dir}; build it with: appliance index --index {index_dir}")
-    version = index_dir / os.readlink(link)
-    try:
-        manifest = json.loads((version / "manifest.json").read_text(encoding="utf-8"))
-        with open(version / "passages.jsonl", encoding="utf-8") as fh:
-            passages = [Passage.from_json(json.loads(line)) for line in fh]
-        dense = faiss.read_index(str(version / "dense.faiss"))
-        bm25 = BM25.load(version / "bm25.json")
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise IndexMissingError(f"index at {index_dir} is unreadable ({exc}); rebuild it with: "
-                                f"appliance index --index {index_dir}") from None
-    if dense.ntotal != len(passages):
-        raise IndexMissingError(f"index at {index_dir} is inconsistent; rebuild it with: appliance index")
+    for attempt in range(attempts):
+        try:
+            version = index_dir / os.readlink(link)
+        except OSError:
+            raise IndexMissingError(f"no index at {index_dir}; build it with: appliance index --index {index_dir}") from None
+        try:
+            return _load_version(version)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            moved = os.readlink(link) != version.name if link.is_symlink() else True
+            if moved and attempt + 1 < attempts:
+                continue
+            raise IndexMissingError(f"index at {index_dir} is unreadable ({exc}); rebuild it with: "
+                                    f"appliance index --index {index_dir}") from None
+    raise AssertionError("unreachable")
+
+
+def _load_version(version: Path) -> LoadedIndex:
+    manifest = json.loads((version / "manifest.json").read_text(encoding="utf-8"))
+    with open(version / "passages.jsonl", encoding="utf-8") as fh:
+        passages = [Passage.from_json(json.loads(line)) for line in fh]
+    dense = faiss.read_index(str(version / "dense.faiss"))
+    bm25 = BM25.load(version / "bm25.json")
+    if dense.ntotal != len(passages) or manifest.get("passages") != len(passages):
+        raise ValueError(f"{version} is inconsistent: {dense.ntotal} vectors, {len(passages)} passages")
     return LoadedIndex(passages, dense, bm25, manifest, version)

@@ -50,7 +50,7 @@ def test_rebuild_swaps_versions_and_cleans_leftovers(tmp_path, encoder):
     loaded = load_index(index_dir)
     assert loaded.passages[0].section == ("Seals",)
     assert sorted(p.name for p in index_dir.iterdir() if not p.name.startswith("v-")) == ["current"]
-    assert len([p for p in index_dir.iterdir() if p.name.startswith("v-")]) == 1
+    assert len([p for p in index_dir.iterdir() if p.name.startswith("v-")]) == 2  # current + previous
 
 
 def test_missing_index_is_a_clear_error(tmp_path):
