@@ -40,7 +40,7 @@ class Answer:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "Answer":
+    def from_json(cls, data: dict) -> Answer:
         """Inverse of to_json (what the socket API sends)."""
         def source(d: dict | None) -> Source | None:
             return Source(d["document"], d["file"], tuple(d["section"])) if d else None

@@ -20,6 +20,7 @@ from typing import Any
 from appliance.errors import ApplianceError
 from appliance.index import kb_outline
 from appliance.pipeline import QAPipeline
+from appliance.service import notify, watchdog_period
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +129,24 @@ class ApiServer:
         return {"type": "answer", "id": request_id, "answer": answer.to_json()}
 
 
-async def serve(pipeline: QAPipeline, socket_path: Path, max_line_bytes: int, ready=None) -> None:
+async def _watchdog(period: float) -> None:
+    """Ping systemd from the event loop itself: a stuck loop stops the pings and gets restarted."""
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(period)
+
+
+async def serve(pipeline: QAPipeline, socket_path: Path, max_line_bytes: int) -> None:
     server = ApiServer(pipeline, socket_path, max_line_bytes)
     await server.start()
-    log.warning("listening on %s", socket_path)
-    if ready:
-        ready()
+    log.info("listening on %s", socket_path)
+    notify(f"READY=1\nSTATUS=answering on {socket_path}")
+    period = watchdog_period()
+    pinger = asyncio.create_task(_watchdog(period)) if period else None
     try:
         await server.server.serve_forever()
     finally:
+        notify("STOPPING=1")
+        if pinger:
+            pinger.cancel()
         await server.close()

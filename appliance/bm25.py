@@ -12,9 +12,7 @@ import numpy as np
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
 STOPWORDS = frozenset(
-    "a an and are as at be but by can do does for from has have how i if in into is it its my "
-    "of on or should so than that the their them then there these they this to was what when "
-    "where which who why will with you your".split()
+    ["a", "an", "and", "are", "as", "at", "be", "but", "by", "can", "do", "does", "for", "from", "has", "have", "how", "i", "if", "in", "into", "is", "it", "its", "my", "of", "on", "or", "should", "so", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "to", "was", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your"]
 )
 
 
@@ -32,7 +30,7 @@ class BM25:
         self.idf = {t: math.log(1 + (n - len(p) + 0.5) / (len(p) + 0.5)) for t, p in postings.items()}
 
     @classmethod
-    def build(cls, texts: list[str]) -> "BM25":
+    def build(cls, texts: list[str]) -> BM25:
         postings: dict[str, dict[int, int]] = {}
         lengths = []
         for i, text in enumerate(texts):
@@ -65,7 +63,7 @@ class BM25:
         path.write_text(json.dumps(data), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path) -> "BM25":
+    def load(cls, path: Path) -> BM25:
         data = json.loads(path.read_text(encoding="utf-8"))
         postings = {t: {d: tf for d, tf in p} for t, p in data["postings"].items()}
         return cls(postings, data["doc_lengths"], data["k1"], data["b"])

@@ -60,7 +60,7 @@ class ApiClient:
         self.stream.close()
         self.sock.close()
 
-    def __enter__(self) -> "ApiClient":
+    def __enter__(self) -> ApiClient:
         return self
 
     def __exit__(self, *exc) -> None:

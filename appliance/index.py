@@ -99,8 +99,7 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, max_wor
         faiss.write_index(dense, str(tmp / "dense.faiss"))
         BM25.build(search_texts).save(tmp / "bm25.json")
         with open(tmp / "passages.jsonl", "w", encoding="utf-8") as fh:
-            for p in passages:
-                fh.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+            fh.writelines(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in passages)
         manifest = {
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kb": str(kb_dir.resolve()),
             "documents": summary.documents, "passages": len(passages), "skipped": len(summary.skipped),
@@ -173,7 +172,7 @@ class OutlineDocument:
                 "sections": [{"path": list(s.path), "text": s.text} for s in self.sections]}
 
     @classmethod
-    def from_json(cls, data: dict) -> "OutlineDocument":
+    def from_json(cls, data: dict) -> OutlineDocument:
         return cls(data["title"], data["source"],
                    [OutlineSection(tuple(s["path"]), s["text"]) for s in data["sections"]])
 
@@ -182,7 +181,7 @@ def kb_outline(passages: list[Passage]) -> list[OutlineDocument]:
     """Documents → sections → text, rebuilt from the indexed passages (what the TUI browses)."""
     docs: dict[str, tuple[str, dict[tuple[str, ...], list[str]]]] = {}
     for p in passages:
-        title, sections = docs.setdefault(p.source, (p.doc_title, {}))
+        _, sections = docs.setdefault(p.source, (p.doc_title, {}))
         sections.setdefault(p.section, []).append(p.text)
     return [OutlineDocument(title, source, [OutlineSection(path, "\n".join(texts)) for path, texts in sections.items()])
             for source, (title, sections) in sorted(docs.items(), key=lambda item: item[1][0].lower())]

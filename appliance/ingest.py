@@ -7,10 +7,10 @@ rest of the knowledge base is still indexed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Callable, Iterator
 
 from appliance.errors import IngestError
 
@@ -50,7 +50,7 @@ class Passage:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "Passage":
+    def from_json(cls, data: dict) -> Passage:
         return cls(data["doc_title"], data["source"], tuple(data["section"]), data["text"])
 
 
@@ -237,7 +237,7 @@ def _first_text(root, xpath: str) -> str:
 def _spl_title(root) -> str:
     """The label's own title unless it is boilerplate; then the product (and generic) name."""
     title = _first_text(root, f"{SPL_NS}title")
-    if title and not re.match(r"(these highlights|drug facts)", title, re.I):
+    if title and not re.match(r"(these highlights|drug facts)", title, re.IGNORECASE):
         return title
     product = _first_text(root, f".//{SPL_NS}manufacturedProduct/{SPL_NS}manufacturedProduct/{SPL_NS}name") \
         or _first_text(root, f".//{SPL_NS}manufacturedProduct/{SPL_NS}manufacturedMedicine/{SPL_NS}name")

@@ -1,7 +1,6 @@
 """Question → passages → answer, with per-stage timings. Front ends call only this."""
 from __future__ import annotations
 
-import re
 import time
 import unicodedata
 from pathlib import Path

@@ -5,18 +5,15 @@ threshold and the report adds has-answer F1 and no-answer accuracy.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import string
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 from appliance.config import Config
 from appliance.reader import Reader, SpanPrediction
-from build_tools.manifest import record_metrics
+from build_tools.evaluation_cli import evaluation_parser, run_evaluation
 from build_tools.squad import SquadExample, load_squad
 
 
@@ -109,26 +106,12 @@ def select_articles(examples: list[SquadExample], articles: str | None) -> list[
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="build_tools evaluate-reader", description=__doc__)
-    p.add_argument("data", type=Path, help="SQuAD-format JSON (v1.1 or v2.0, optionally .gz)")
-    p.add_argument("--model", type=Path, default=Path("models/reader"))
-    p.add_argument("--onnx", default=None, help="ONNX file in the model dir (default: its manifest's)")
+    p = evaluation_parser("build_tools evaluate-reader", __doc__, "models/reader")
     p.add_argument("--threshold", type=float, default=Config().reader.threshold,
                    help="abstention threshold for files with unanswerable questions")
     p.add_argument("--articles", default=None, help="only articles a:b of the file")
-    p.add_argument("--limit", type=int, default=0, help="only the first N questions")
-    p.add_argument("--record", nargs="?", type=Path, const=True, default=None, metavar="MODEL_DIR",
-                   help="also store the result under metrics in manifest.json of MODEL_DIR (default: --model)")
     args = p.parse_args(argv)
-    try:
-        result = evaluate(args.data, args.model, args.onnx, args.limit, args.threshold, args.articles)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    if args.record:
-        record_metrics(args.model if args.record is True else args.record, result)
-    print(json.dumps(result, indent=2))
-
+    run_evaluation(args, lambda: evaluate(args.data, args.model, args.onnx, args.limit, args.threshold, args.articles))
 
 if __name__ == "__main__":
     main()

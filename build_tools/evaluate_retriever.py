@@ -2,9 +2,6 @@
 for dense, BM25 and fused (reciprocal rank) retrieval, as JSON."""
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +11,7 @@ from appliance.bm25 import BM25
 from appliance.config import Config
 from appliance.encoder import SentenceEncoder
 from appliance.retriever import Retriever, reciprocal_rank_fusion
-from build_tools.manifest import record_metrics
+from build_tools.evaluation_cli import evaluation_parser, run_evaluation
 from build_tools.squad import load_squad
 
 KS = (1, 5, 20)
@@ -52,23 +49,8 @@ def evaluate(data: Path, model_dir: Path, onnx_name: str | None, limit: int) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="build_tools evaluate-retriever", description=__doc__)
-    p.add_argument("data", type=Path, help="SQuAD-format JSON (v1.1 or v2.0, optionally .gz)")
-    p.add_argument("--model", type=Path, default=Path("models/retriever"))
-    p.add_argument("--onnx", default=None, help="ONNX file in the model dir (default: its manifest's)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N answerable questions")
-    p.add_argument("--record", nargs="?", type=Path, const=True, default=None, metavar="MODEL_DIR",
-                   help="also store the result under metrics in manifest.json of MODEL_DIR (default: --model)")
-    args = p.parse_args(argv)
-    try:
-        result = evaluate(args.data, args.model, args.onnx, args.limit)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    if args.record:
-        record_metrics(args.model if args.record is True else args.record, result)
-    print(json.dumps(result, indent=2))
-
+    args = evaluation_parser("build_tools evaluate-retriever", __doc__, "models/retriever").parse_args(argv)
+    run_evaluation(args, lambda: evaluate(args.data, args.model, args.onnx, args.limit))
 
 if __name__ == "__main__":
     main()

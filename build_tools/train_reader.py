@@ -84,7 +84,7 @@ def collate(features, idx: list[int], device: str):
         ids[row, :n], types[row, :n], mask[row, :n] = features[i][0], features[i][1], 1
     starts = torch.tensor([features[i][2] for i in idx])
     ends = torch.tensor([features[i][3] for i in idx])
-    to = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    to = lambda a: torch.from_numpy(a).to(device)
     return to(ids), to(types), to(mask), starts.to(device), ends.to(device)
 
 

@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     best = max(grid, key=lambda t: (f1s[t], -t))
     result = {"data": str(args.data), "tuned_on_articles": args.tune_articles, "threshold": best,
               "tune": report(tune, tune_preds, best),
-              "held_out_articles": args.report_articles, "held_out": report(held, predict_all(reader, held), best)}
+              "held_out_articles": args.report_articles}
+    held_preds = predict_all(reader, held)
+    result["held_out"] = report(held, held_preds, best)
+    if len(tune) + len(held) == len(examples):  # the two splits cover the file
+        result["whole_file"] = report(tune + held, tune_preds + held_preds, best)
     if args.write:
         update_manifest(args.model, abstention=result)
     print(json.dumps(result, indent=2))

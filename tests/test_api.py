@@ -14,11 +14,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import ROOT
 
 from appliance.api import ApiServer
 from appliance.client import ApiClient, ApiError
 from appliance.errors import ApplianceError
-from conftest import ROOT
 
 
 class RunningServer:

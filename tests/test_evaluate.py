@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 
-from build_tools.evaluate_reader import exact_match, f1_score, normalize_answer
 from conftest import DATA, run_cli
+
+from build_tools.evaluate_reader import exact_match, f1_score, normalize_answer
 
 TINY = str(DATA / "tiny-squad.json")
 

@@ -1,5 +1,6 @@
-from appliance.config import Config, load_config
 from conftest import ROOT
+
+from appliance.config import Config, load_config
 
 
 def test_example_config_documents_exactly_the_defaults():

@@ -10,8 +10,9 @@ import sys
 import threading
 import time
 
-from appliance.index import build_index, load_index
 from conftest import ROOT
+
+from appliance.index import build_index, load_index
 
 
 def big_kb(root, copies: int):

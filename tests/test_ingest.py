@@ -5,11 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import make_pdf
 
 from appliance.errors import IngestError
 from appliance.index import IndexSummary, collect_passages
 from appliance.ingest import document_passages, read_document, split_sentences
-from conftest import make_pdf
 
 MARKDOWN = """# Oven manual
 

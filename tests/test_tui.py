@@ -6,7 +6,15 @@ import asyncio
 import pytest
 from textual.widgets import Static, Tree
 
-from appliance.tui import AnswerCard, ApplianceTUI, HelpScreen, LocalBackend, QuestionInput, SocketBackend, connect_backend
+from appliance.tui import (
+    AnswerCard,
+    ApplianceTUI,
+    HelpScreen,
+    LocalBackend,
+    QuestionInput,
+    SocketBackend,
+    connect_backend,
+)
 
 
 @pytest.fixture(scope="module")
