@@ -142,3 +142,36 @@ def test_serve_process_answers_and_stops_cleanly_on_sigterm(tmp_path, kb_index_d
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_slow_and_vanished_clients_do_not_hurt_others(server):
+    path = str(server.server.socket_path)
+    slow = socket.socket(socket.AF_UNIX)
+    slow.connect(path)
+    slow.sendall(b'{"type": "ping", "id": "sl')  # half a request, then silence
+    for _ in range(5):  # clients that ask and vanish before the answer
+        gone = socket.socket(socket.AF_UNIX)
+        gone.connect(path)
+        gone.sendall(b'{"type": "ask", "question": "how do I clean the oven?"}\n')
+        gone.close()
+    with ApiClient(server.server.socket_path) as client:
+        assert client.request({"type": "ping"})["type"] == "pong"
+    slow.sendall(b'ow"}\n')
+    slow.settimeout(10)
+    assert json.loads(slow.makefile("rb").readline())["id"] == "slow"
+    slow.close()
+
+
+def test_fifty_concurrent_clients_each_get_an_answer_or_a_clear_error(server):
+    questions = ["how long should I preheat the oven for bread?", "", "what does E03 mean?", "🙂" * 3]
+
+    def one(i):
+        with ApiClient(server.server.socket_path, timeout=120) as client:
+            try:
+                return client.ask(questions[i % len(questions)]).abstained in (True, False)
+            except ApiError as exc:
+                return "empty" in str(exc)
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(one, range(50)))
+    assert all(results) and len(results) == 50
