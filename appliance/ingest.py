@@ -6,6 +6,7 @@ rest of the knowledge base is still indexed.
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -204,6 +205,7 @@ def read_pdf(raw: bytes, path: Path) -> Document:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # our own warning names the file instead
     try:
         reader = PdfReader(io.BytesIO(raw))
         pages = [page.extract_text() or "" for page in reader.pages]

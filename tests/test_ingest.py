@@ -146,3 +146,41 @@ def test_sentence_splitting():
     assert split_sentences("Take it with food. Do not crush it! Is it safe? Yes.") == [
         "Take it with food.", "Do not crush it!", "Is it safe?", "Yes."]
     assert split_sentences("Use 2.5 mg daily.") == ["Use 2.5 mg daily."]
+
+
+FUZZ_CORPUS = sorted((Path(__file__).parent / "data" / "fuzz-corpus").glob("*"))
+
+
+@pytest.mark.parametrize("case", FUZZ_CORPUS, ids=[p.name for p in FUZZ_CORPUS])
+def test_fuzz_corpus_parses_or_is_skipped_cleanly(tmp_path, case):
+    """Inputs the parser fuzzer (benchmarks/fuzz_parsers.py) kept: each must keep behaving."""
+    path = tmp_path / case.name
+    path.write_bytes(case.read_bytes())
+    expected_skip = "skipped" in case.name
+    try:
+        read_document(path, tmp_path, 50_000_000)
+        assert not expected_skip
+    except IngestError:
+        assert expected_skip
+
+
+def test_a_50_mb_file_is_skipped_without_reading_it(tmp_path):
+    path = tmp_path / "huge.txt"
+    with open(path, "wb") as fh:
+        fh.truncate(50 * 1024 * 1024)
+    with pytest.raises(IngestError, match="limit"):
+        read_document(path, tmp_path, 20_000_000)
+
+
+def test_deeply_nested_html_is_read_or_skipped(tmp_path):
+    html = "<div>" * 50_000 + "<h2>Deep</h2><p>Still readable text.</p>" + "</div>" * 50_000
+    doc = read_document(write(tmp_path, "deep.html", html), tmp_path, 10**7)
+    assert any("Still readable" in s.text for s in doc.sections)
+
+
+def test_deeply_nested_spl_is_skipped_or_read(tmp_path):
+    inner = "<section><text><paragraph>x</paragraph></text><component>" * 3000 + "</component></section>" * 3000
+    xml = f'<document xmlns="urn:hl7-org:v3"><title>Deep</title><component><structuredBody><component>{inner}' \
+          "</component></structuredBody></component></document>"
+    with pytest.raises(IngestError, match="deep.xml.*nested too deeply"):
+        read_document(write(tmp_path, "deep.xml", xml), tmp_path, 10**7)
