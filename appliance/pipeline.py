@@ -11,7 +11,7 @@ from appliance.encoder import SentenceEncoder
 from appliance.errors import BadQuestionError
 from appliance.index import build_index, index_exists, load_index
 from appliance.ingest import Passage, split_sentences
-from appliance.reader import Reader
+from appliance.reader import Reader, SpanPrediction
 from appliance.retriever import Retriever
 
 
@@ -42,6 +42,17 @@ def evidence_sentence(passage: str, start: int, end: int) -> str:
     return " ".join(chosen) or passage[start:end]
 
 
+def choose_span(predictions: list[SpanPrediction | None], rank_weight: float) -> tuple[SpanPrediction, int] | None:
+    """The span to answer with: reader confidence discounted by its passage's retrieval rank, so a
+    confident span in the 5th passage does not beat a nearly as confident one in the 1st."""
+    scored = [(pred.confidence / (rank + 1) ** rank_weight, rank, pred)
+              for rank, pred in enumerate(predictions) if pred is not None]
+    if not scored:
+        return None
+    _, rank, pred = max(scored, key=lambda item: (item[0], -item[1]))
+    return pred, rank
+
+
 def _source(p: Passage) -> Source:
     return Source(p.doc_title, p.source, p.section)
 
@@ -59,7 +70,8 @@ class QAPipeline:
             build_index(self.kb, self.index_dir, self.encoder, config.ingest.max_passage_words,
                         config.ingest.max_file_bytes)
         self.index = load_index(self.index_dir)
-        self.retriever = Retriever(self.encoder, self.index.dense, self.index.bm25, rc.mode, rc.candidates, rc.rrf_k)
+        self.retriever = Retriever(self.encoder, self.index.dense, self.index.bm25, rc.mode, rc.candidates, rc.rrf_k,
+                                   rc.dense_weight)
         self.reader = Reader(config.resolve(paths.reader_model), qc.max_length, qc.stride,
                              qc.max_answer_tokens, qc.threads)
 
@@ -73,12 +85,12 @@ class QAPipeline:
         predictions = self.reader.predict([(question, p.text) for p in passages])
         t2 = time.perf_counter()
         timings = {"retrieval": round((t1 - t0) * 1000, 1), "reader": round((t2 - t1) * 1000, 1)}
-        scored = [(pred, p) for pred, p in zip(predictions, passages) if pred is not None]
         candidates = [_source(p) for p in passages]
-        if not scored:
+        choice = choose_span(predictions, self.config.reader.rank_weight)
+        if choice is None:
             return Answer(question, "", 0.0, True, candidates[0] if candidates else None, "", "", 0, 0,
                           timings, candidates)
-        pred, passage = max(scored, key=lambda item: item[0].confidence)
+        pred, passage = choice[0], passages[choice[1]]
         abstained = pred.confidence < self.config.reader.threshold
         return Answer(
             question=question, text="" if abstained else pred.text, confidence=round(pred.confidence, 4),

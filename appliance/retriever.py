@@ -15,22 +15,23 @@ class Hit:
     score: float  # fused RRF score (or the single ranker's score)
 
 
-def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60) -> list[tuple[int, float]]:
-    """Cormack et al. 2009: score(d) = sum over rankers of 1 / (k + rank)."""
+def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60,
+                           weights: list[float] | None = None) -> list[tuple[int, float]]:
+    """Cormack et al. 2009: score(d) = sum over rankers of weight / (k + rank)."""
     scores: dict[int, float] = {}
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings)):
         for rank, doc in enumerate(ranking, 1):
-            scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
+            scores[doc] = scores.get(doc, 0.0) + weight / (k + rank)
     return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
 
 class Retriever:
     def __init__(self, encoder: SentenceEncoder, dense: faiss.Index, bm25: BM25,
-                 mode: str = "hybrid", candidates: int = 30, rrf_k: int = 60):
+                 mode: str = "hybrid", candidates: int = 30, rrf_k: int = 60, dense_weight: float = 1.0):
         if mode not in {"hybrid", "dense", "bm25"}:
             raise ValueError(f"retriever mode must be hybrid, dense or bm25, not {mode!r}")
         self.encoder, self.dense, self.bm25 = encoder, dense, bm25
-        self.mode, self.candidates, self.rrf_k = mode, candidates, rrf_k
+        self.mode, self.candidates, self.rrf_k, self.dense_weight = mode, candidates, rrf_k, dense_weight
 
     def dense_ranking(self, question: str, k: int) -> list[int]:
         vector = self.encoder.encode([question])
@@ -49,6 +50,6 @@ class Retriever:
         dense = self.dense_ranking(question, k)
         if self.mode == "dense":
             return [Hit(i, 0.0) for i in dense[:top_k]]
-        fused = reciprocal_rank_fusion([dense, self.bm25.search(question, k)], self.rrf_k)
+        fused = reciprocal_rank_fusion([dense, self.bm25.search(question, k)], self.rrf_k, [self.dense_weight, 1.0])
         return [Hit(i, s) for i, s in fused[:top_k]]
 

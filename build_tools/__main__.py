@@ -10,6 +10,7 @@ COMMANDS = {
     "export-reader": "build_tools.export_reader",
     "evaluate-reader": "build_tools.evaluate_reader",
     "evaluate-retriever": "build_tools.evaluate_retriever",
+    "evaluate-kb": "build_tools.evaluate_kb",
     "tune-threshold": "build_tools.tune_threshold",
 }
 

@@ -44,3 +44,14 @@ def test_evaluation_commands_reject_a_non_squad_file(tmp_path):
     for command in ("evaluate-reader", "evaluate-retriever"):
         result = run_cli("build_tools", command, str(bad))
         assert result.returncode == 2 and "not a readable SQuAD-format" in result.stderr
+
+
+def test_evaluate_kb_reports_retrieval_and_answers(kb_index_dir):
+    result = run_cli("build_tools", "evaluate-kb", str(DATA / "kb-eval-tiny.json"), "--index", str(kb_index_dir),
+                     "--modes", "hybrid:1,dense:1", "--rank-weights", "0,1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["questions"] == 2 and set(report["settings"]) == {"hybrid:1", "dense:1"}
+    for setting in report["settings"].values():
+        assert 0 <= setting["retrieval_top1"] <= setting["retrieval_top5"] <= 1
+        assert set(setting["answers"]) == {"0.0", "1.0"}

@@ -80,3 +80,11 @@ def test_reciprocal_rank_fusion_rewards_agreement():
     order = [doc for doc, _ in fused]
     assert order[0] == 1 and set(order) == {1, 2, 3, 4}
     assert order.index(3) < order.index(2)
+
+
+def test_weighted_fusion_can_favour_one_ranker():
+    even = [doc for doc, _ in reciprocal_rank_fusion([[1, 2], [2, 1]], k=60)]
+    favour_first = [doc for doc, _ in reciprocal_rank_fusion([[1, 2], [2, 1]], k=60, weights=[2.0, 1.0])]
+    assert even == [1, 2] and favour_first[0] == 1
+    favour_second = [doc for doc, _ in reciprocal_rank_fusion([[1, 2], [2, 1]], k=60, weights=[1.0, 2.0])]
+    assert favour_second[0] == 2

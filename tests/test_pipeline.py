@@ -69,3 +69,14 @@ def test_evidence_is_the_sentence_holding_the_span():
     passage = "Clean the filter weekly. Replace it every 6 months. Never run without it."
     start = passage.index("every 6 months")
     assert evidence_sentence(passage, start, start + 14) == "Replace it every 6 months."
+
+
+def test_span_choice_discounts_low_ranked_passages():
+    from appliance.pipeline import choose_span
+    from appliance.reader import SpanPrediction
+
+    first = SpanPrediction(0, 0, 5, "first", 0.5, 0.1)
+    third = SpanPrediction(2, 0, 5, "third", 0.7, 0.1)
+    assert choose_span([first, None, third], rank_weight=0)[0] is third
+    assert choose_span([first, None, third], rank_weight=1)[0] is first
+    assert choose_span([None, None], rank_weight=1) is None
