@@ -39,7 +39,7 @@ class RetrieverConfig:
     candidates: int = 30  # per ranker, before fusion
     rrf_k: int = 60  # reciprocal-rank-fusion constant (Cormack et al.)
     mode: str = "hybrid"  # hybrid | dense | bm25
-    dense_weight: float = 1.0  # weight of the dense ranking against BM25's in the fusion
+    dense_weight: float = 2.0  # weight of the dense ranking against BM25's in the fusion (evaluate-kb)
     max_length: int = 256  # encoder tokens per passage
     threads: int = 2
 
@@ -49,8 +49,8 @@ class ReaderConfig:
     max_length: int = 256  # tokens per question+passage window (the length it was trained on)
     stride: int = 96  # overlap between windows of one long passage
     max_answer_tokens: int = 30
-    threshold: float = 0.3  # below this confidence the box says "I don't know"
-    rank_weight: float = 1.0  # passage choice: confidence / rank**rank_weight (0 = confidence alone)
+    threshold: float = 0.15  # below this confidence the box says "I don't know" (see README, Results)
+    rank_weight: float = 2.0  # passage choice: confidence / rank**rank_weight (0 = confidence alone)
     threads: int = 2
 
 

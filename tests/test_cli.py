@@ -29,10 +29,17 @@ def test_ask_builds_missing_index_then_answers_as_json(fresh_index):
 
 
 def test_ask_prints_answer_source_and_confidence(fresh_index):
-    result = run_cli("appliance", "ask", "what should I do if I miss a dose of metformin?", "--index",
+    result = run_cli("appliance", "ask", "how long does the quick program take on the dishwasher?", "--index",
                      str(fresh_index), "--top-k", "3")
     assert result.returncode == 0, result.stderr
-    assert "Source:" in result.stdout and "Metformin" in result.stdout and "Confidence:" in result.stdout
+    assert "Answer:     30 minutes" in result.stdout
+    assert "Source:     Brightwash" in result.stdout and "Confidence:" in result.stdout
+
+
+def test_ask_says_i_dont_know_with_the_closest_section(fresh_index):
+    result = run_cli("appliance", "ask", "who won the football world cup in 1998?", "--index", str(fresh_index))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("I don't know.") and "Closest section:" in result.stdout
 
 
 @pytest.mark.parametrize("question, message", [

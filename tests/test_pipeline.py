@@ -26,13 +26,17 @@ def test_unrelated_question_is_an_honest_i_dont_know(pipeline):
     assert answer.spoken().startswith("I don't know")
 
 
-def test_most_kb_questions_are_answered_correctly(pipeline, kb_questions):
-    correct = 0
-    for q in kb_questions:
-        answer = pipeline.ask(q["question"])
-        correct += (not answer.abstained) and (q["answer"].lower() in answer.text.lower()
-                                               or answer.text.lower() in q["answer"].lower() and len(answer.text) > 2)
-    assert correct / len(kb_questions) >= 0.6, f"{correct}/{len(kb_questions)}"
+def test_kb_questions_end_to_end(pipeline, kb_questions):
+    """Bounds a little under what evaluate-kb measured for the shipped models (README, Results)."""
+    from build_tools.evaluate_kb import is_right
+
+    answers = [(pipeline.ask(q["question"]), q["answer"]) for q in kb_questions]
+    right = [is_right(a.text or a.passage[a.start : a.end], gold) for a, gold in answers]
+    answered = [not a.abstained for a, _ in answers]
+    assert sum(right) / len(right) >= 0.45, f"{sum(right)}/{len(right)} right if always answering"
+    answered_right = sum(r and s for r, s in zip(right, answered))
+    assert sum(answered) >= 0.3 * len(answers)
+    assert answered_right / sum(answered) >= 0.6, f"{answered_right}/{sum(answered)} of the answers are right"
 
 
 def test_answer_json_round_trip(pipeline):
