@@ -33,11 +33,6 @@ class Retriever:
         self.encoder, self.dense, self.bm25 = encoder, dense, bm25
         self.mode, self.candidates, self.rrf_k, self.dense_weight = mode, candidates, rrf_k, dense_weight
 
-    def dense_ranking(self, question: str, k: int) -> list[int]:
-        vector = self.encoder.encode([question])
-        _, ids = self.dense.search(vector, min(k, self.dense.ntotal))
-        return [int(i) for i in ids[0] if i >= 0]
-
     def dense_rankings(self, questions: list[str], k: int) -> list[list[int]]:
         vectors = self.encoder.encode(questions)
         _, ids = self.dense.search(vectors, min(k, self.dense.ntotal))
@@ -47,7 +42,7 @@ class Retriever:
         k = max(self.candidates, top_k)
         if self.mode == "bm25":
             return [Hit(i, 0.0) for i in self.bm25.search(question, top_k)]
-        dense = self.dense_ranking(question, k)
+        dense = self.dense_rankings([question], k)[0]
         if self.mode == "dense":
             return [Hit(i, 0.0) for i in dense[:top_k]]
         fused = reciprocal_rank_fusion([dense, self.bm25.search(question, k)], self.rrf_k, [self.dense_weight, 1.0])

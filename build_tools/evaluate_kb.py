@@ -14,6 +14,12 @@ from appliance.config import Config
 from appliance.pipeline import QAPipeline, choose_span
 from build_tools.evaluate_reader import f1_score
 
+OFF_TOPIC = [  # nothing in a kitchen/machine/medication knowledge base answers these
+    "who won the football world cup in 1998?", "what is the capital of australia?", "how do I change a car tyre?",
+    "what is the best pizza topping?", "how tall is mount everest?", "who wrote hamlet?",
+    "what's the weather tomorrow?", "how do I reset my wifi router?", "what is the speed of light?",
+    "can you play some music?",
+]
 DEFAULT_FILES = sorted((Path(__file__).resolve().parent.parent / "tests" / "data").glob("kb_questions_*.json"))
 
 
@@ -52,13 +58,21 @@ def main(argv: list[str] | None = None) -> None:
                 text = choice[0].text if choice else ""
                 answered = bool(choice) and choice[0].confidence >= threshold
                 row.append((is_right(text, q["answer"]), f1_score(text, q["answer"]), answered))
+        off_topic = {weight_: 0 for weight_ in rows}
+        for question in OFF_TOPIC:
+            hits = [passages[h.index] for h in retriever.search(question, config.retriever.top_k)]
+            predictions = pipeline.reader.predict([(question, h.text) for h in hits])
+            for weight_ in rows:
+                choice = choose_span(predictions, weight_)
+                off_topic[weight_] += bool(choice) and choice[0].confidence >= threshold
         n = len(questions)
         report["settings"][setting] = {
             "retrieval_top1": round(top1 / n, 3), "retrieval_top5": round(top5 / n, 3),
             "answers": {str(w): {"right_if_always_answering": round(sum(r[0] for r in row) / n, 3),
                                  "f1": round(sum(r[1] for r in row) / n, 3),
                                  "answered": round(sum(r[2] for r in row) / n, 3),
-                                 "right_and_answered": round(sum(r[0] and r[2] for r in row) / n, 3)}
+                                 "right_and_answered": round(sum(r[0] and r[2] for r in row) / n, 3),
+                                 "off_topic_answered": f"{off_topic[w]}/{len(OFF_TOPIC)}"}
                         for w, row in rows.items()}}
     print(json.dumps(report, indent=2))
 

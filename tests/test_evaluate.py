@@ -55,3 +55,4 @@ def test_evaluate_kb_reports_retrieval_and_answers(kb_index_dir):
     for setting in report["settings"].values():
         assert 0 <= setting["retrieval_top1"] <= setting["retrieval_top5"] <= 1
         assert set(setting["answers"]) == {"0.0", "1.0"}
+        assert setting["answers"]["1.0"]["off_topic_answered"].endswith("/10")
