@@ -1,9 +1,12 @@
 """Local API: JSON lines over a Unix socket (mode 0660, never TCP).
 
 Requests are one JSON object per line with a ``type``: ``ask`` (``question``, optional
-``top_k``), ``outline`` (the knowledge base's documents and sections) or ``ping``. Every request
-gets exactly one response line, echoing its ``id``; bad requests get ``{"type": "error"}`` and
-the connection stays usable, except after an over-long line, which closes it.
+``top_k``), ``outline`` (the knowledge base's documents and sections), ``ping``, ``subscribe``
+(from then on the connection also receives ``{"type": "event", ...}`` lines: listening, partial,
+heard, answered, speaking, barge-in, done, audio-error) or ``listen`` (push-to-talk: start hearing
+a question now). Every request gets exactly one response line, echoing its ``id``; bad requests
+get ``{"type": "error"}`` and the connection stays usable, except after an over-long line, which
+closes it.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from appliance.errors import ApplianceError
 from appliance.index import kb_outline
@@ -23,6 +26,9 @@ from appliance.pipeline import QAPipeline
 from appliance.service import notify, watchdog_period
 
 log = logging.getLogger(__name__)
+
+
+MAX_EVENT_BACKLOG = 1 << 20  # a subscriber that lets this much pile up unread is dropped
 
 
 def error(message: str, code: str, request_id: Any = None) -> dict:
@@ -47,9 +53,13 @@ class ApiServer:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qa")  # one model call at a time
         self.server: asyncio.AbstractServer | None = None
         self.clients: set[asyncio.StreamWriter] = set()
+        self.subscribers: set[asyncio.StreamWriter] = set()
+        self.on_listen: Callable[[], bool] | None = None  # push-to-talk hook, set when a microphone loop runs
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._outline = [d.to_json() for d in kb_outline(pipeline.index.passages)]
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         if self.socket_path.exists() or self.socket_path.is_symlink():
             if socket_in_use(self.socket_path):
@@ -84,14 +94,34 @@ class ApiServer:
                     break
                 if not line:
                     break
-                await self._send(writer, await self.respond(line))
+                response = await self.respond(line)
+                if response.get("type") == "subscribed":
+                    self.subscribers.add(writer)
+                await self._send(writer, response)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away; nothing to answer
+        except asyncio.CancelledError:
+            pass  # shutdown: end quietly (a cancelled handler task is reported as an error by asyncio)
         finally:
             self.clients.discard(writer)
+            self.subscribers.discard(writer)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    def publish(self, event: dict) -> None:
+        """Send an event to every subscriber; callable from any thread (the voice loop's)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._broadcast, event)
+
+    def _broadcast(self, event: dict) -> None:
+        line = json.dumps({"type": "event", **event}, ensure_ascii=False).encode("utf-8") + b"\n"
+        for writer in list(self.subscribers):
+            if writer.is_closing() or writer.transport.get_write_buffer_size() > MAX_EVENT_BACKLOG:
+                self.subscribers.discard(writer)  # gone or not reading: stop queueing for it
+                writer.close()
+                continue
+            writer.write(line)
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, message: dict) -> None:
@@ -110,8 +140,16 @@ class ApiServer:
             return {"type": "pong", "id": request_id}
         if kind == "outline":
             return {"type": "outline", "id": request_id, "documents": self._outline}
+        if kind == "subscribe":
+            return {"type": "subscribed", "id": request_id}
+        if kind == "listen":
+            if self.on_listen is None or not self.on_listen():
+                return error("no microphone loop is running (speech disabled or no audio device)", "no_audio",
+                             request_id)
+            return {"type": "listening", "id": request_id}
         if kind != "ask":
-            return error(f"unknown request type {kind!r} (ask, outline, ping)", "unknown_type", request_id)
+            return error(f"unknown request type {kind!r} (ask, outline, ping, subscribe, listen)", "unknown_type",
+                         request_id)
         question, top_k = request.get("question"), request.get("top_k")
         if not isinstance(question, str):
             return error("'question' must be a string", "bad_question", request_id)
@@ -126,6 +164,7 @@ class ApiServer:
             return error(f"internal error: {type(exc).__name__}", "internal", request_id)
         log.info(json.dumps({"event": "answered", "abstained": answer.abstained, "confidence": answer.confidence,
                              **{f"{k}_ms": v for k, v in answer.timings_ms.items()}}))
+        self.publish({"event": "answered", "via": "api", "answer": answer.to_json()})
         return {"type": "answer", "id": request_id, "answer": answer.to_json()}
 
 
@@ -136,9 +175,13 @@ async def _watchdog(period: float) -> None:
         await asyncio.sleep(period)
 
 
-async def serve(pipeline: QAPipeline, socket_path: Path, max_line_bytes: int) -> None:
+async def serve(pipeline: QAPipeline, socket_path: Path, max_line_bytes: int,
+                on_started: Callable[[ApiServer], None] | None = None) -> None:
+    """Run the API until cancelled; ``on_started`` wires other front ends (the voice loop) to it."""
     server = ApiServer(pipeline, socket_path, max_line_bytes)
     await server.start()
+    if on_started:
+        on_started(server)
     log.info("listening on %s", socket_path)
     notify(f"READY=1\nSTATUS=answering on {socket_path}")
     period = watchdog_period()

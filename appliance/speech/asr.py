@@ -1,0 +1,184 @@
+"""Speech recognition with one streaming interface and two engines.
+
+``start()``, then ``feed()`` 16 kHz float32 frames (a ``Transcript`` with ``final=False`` comes
+back when the partial hypothesis changes), then ``finish()`` for the final transcript.
+pocketsphinx (its en-us model ships inside the wheel) is the default so the box works out of the
+box; vosk is used whenever a vosk model directory is configured.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from appliance.errors import ModelError
+from appliance.speech.adapt import Adaptation
+from appliance.speech.audio import SAMPLE_RATE, to_int16_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    final: bool
+    engine: str
+
+
+class Recognizer(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def feed(self, frame: np.ndarray) -> Transcript | None: ...
+
+    def finish(self) -> Transcript: ...
+
+
+def pocketsphinx_model_dir() -> Path:
+    import pocketsphinx
+
+    return Path(pocketsphinx.get_model_path()) / "en-us"
+
+
+class PocketsphinxRecognizer:
+    """CMU pocketsphinx; with an adaptation, the KB's trigram LM and dictionary replace the stock ones."""
+
+    name = "pocketsphinx"
+
+    def __init__(self, adaptation: Adaptation | None = None, lm_weight: float | None = None):
+        from pocketsphinx import Decoder
+
+        model = pocketsphinx_model_dir()
+        options: dict = {"hmm": str(model / "en-us"), "loglevel": "FATAL"}
+        if adaptation is not None and adaptation.exists():
+            options.update(lm=str(adaptation.lm), dict=str(adaptation.dictionary))
+            self.name = "pocketsphinx+kb"
+        else:
+            options.update(lm=str(model / "en-us.lm.bin"), dict=str(model / "cmudict-en-us.dict"))
+        if lm_weight is not None:
+            options["lw"] = lm_weight
+        self._decoder = Decoder(**options)
+        self._partial = ""
+        self._cmn_warm = False  # live cepstral mean normalisation has seen real audio
+        self._utterance: list[bytes] = []
+        self._open = False
+
+    def start(self) -> None:
+        if self._open:  # the last utterance was abandoned (audio device lost mid-question)
+            self._decoder.end_utt()
+        self._partial = ""
+        self._utterance = []
+        self._decoder.start_utt()
+        self._open = True
+
+    def feed(self, frame: np.ndarray) -> Transcript | None:
+        pcm = to_int16_bytes(frame)
+        if not self._cmn_warm:
+            self._utterance.append(pcm)
+        self._decoder.process_raw(pcm, False, False)
+        hyp = self._decoder.hyp()
+        text = hyp.hypstr if hyp else ""
+        if text and text != self._partial:
+            self._partial = text
+            return Transcript(text, False, self.name)
+        return None
+
+    def finish(self) -> Transcript:
+        self._decoder.end_utt()
+        self._open = False
+        hyp = self._decoder.hyp()
+        if not self._cmn_warm:
+            hyp = self._redecode_first_utterance()
+        return Transcript(hyp.hypstr if hyp else "", True, self.name)
+
+    def _redecode_first_utterance(self):
+        """Live CMN starts from the model's generic channel estimate, so the first utterance of a
+        new microphone (or voice) is decoded badly; decode it again, whole, with its own mean."""
+        self._cmn_warm = True
+        self._decoder.start_utt()
+        self._decoder.process_raw(b"".join(self._utterance), False, True)
+        self._decoder.end_utt()
+        self._utterance = []
+        return self._decoder.hyp()
+
+
+def check_vosk_model_dir(path: Path) -> None:
+    """A clear error for the usual mistakes: wrong path, or the zip's parent directory."""
+    if not path.is_dir():
+        raise ModelError(f"vosk model directory {path} does not exist; download a model (see README, "
+                         "'Speech models') or unset speech.vosk_model to use pocketsphinx")
+    if not ((path / "am" / "final.mdl").is_file() or (path / "final.mdl").is_file()):
+        raise ModelError(f"{path} is not a vosk model directory (no am/final.mdl); point speech.vosk_model "
+                         "at the unpacked model folder itself")
+
+
+class VoskRecognizer:
+    """Kaldi models through vosk. The KB word list is applied as a runtime grammar only where the
+    model has a runtime-composable graph (small models); large static graphs ignore grammars."""
+
+    name = "vosk"
+
+    def __init__(self, model_dir: Path, adaptation: Adaptation | None = None):
+        check_vosk_model_dir(model_dir)
+        import vosk
+
+        vosk.SetLogLevel(-1)
+        try:
+            self._model = vosk.Model(str(model_dir))
+        except Exception as exc:  # vosk raises a bare Exception("Failed to create a model")
+            raise ModelError(f"vosk could not load the model in {model_dir}: {exc}") from None
+        self._grammar = None
+        if adaptation is not None and adaptation.exists() and (model_dir / "graph" / "HCLr.fst").is_file():
+            words = json.loads(adaptation.words.read_text(encoding="utf-8"))
+            self._grammar = json.dumps([" ".join(words), "[unk]"])
+            self.name = "vosk+kb"
+        self._recognizer = None
+        self._finals: list[str] = []
+        self._partial = ""
+
+    def start(self) -> None:
+        import vosk
+
+        args = (self._model, SAMPLE_RATE) + ((self._grammar,) if self._grammar else ())
+        self._recognizer = vosk.KaldiRecognizer(*args)
+        self._finals, self._partial = [], ""
+
+    def feed(self, frame: np.ndarray) -> Transcript | None:
+        if self._recognizer.AcceptWaveform(to_int16_bytes(frame)):
+            text = json.loads(self._recognizer.Result()).get("text", "")
+            if text:
+                self._finals.append(text)
+            partial = ""
+        else:
+            partial = json.loads(self._recognizer.PartialResult()).get("partial", "")
+        text = " ".join([*self._finals, partial]).strip()
+        if text and text != self._partial:
+            self._partial = text
+            return Transcript(text, False, self.name)
+        return None
+
+    def finish(self) -> Transcript:
+        text = json.loads(self._recognizer.FinalResult()).get("text", "")
+        if text:
+            self._finals.append(text)
+        return Transcript(" ".join(self._finals).strip(), True, self.name)
+
+
+def create_recognizer(vosk_model: Path | None, adaptation: Adaptation | None) -> Recognizer:
+    """vosk when a model directory is configured, else pocketsphinx."""
+    if vosk_model is not None:
+        return VoskRecognizer(vosk_model, adaptation)
+    return PocketsphinxRecognizer(adaptation)
+
+
+def transcribe(recognizer: Recognizer, samples: np.ndarray, frame: int = 1600) -> Transcript:
+    """Whole-utterance convenience for files and benchmarks: same streaming path, fed in 100 ms steps."""
+    recognizer.start()
+    for i in range(0, len(samples), frame):
+        recognizer.feed(samples[i:i + frame])
+    return recognizer.finish()

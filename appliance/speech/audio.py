@@ -1,0 +1,85 @@
+"""PCM audio as the speech stages pass it around: mono float32 in [-1, 1] at a known rate."""
+from __future__ import annotations
+
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from appliance.errors import ApplianceError
+
+SAMPLE_RATE = 16_000  # what the recognisers and the VAD expect
+CHUNK_SAMPLES = 512  # 32 ms at 16 kHz: silero-vad's frame, and the loop's tick
+
+
+class AudioError(ApplianceError):
+    """Unreadable audio input, or an audio device that is missing or failed."""
+
+
+@dataclass(frozen=True)
+class Audio:
+    samples: np.ndarray  # float32, mono, [-1, 1]
+    rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.rate
+
+    def at_rate(self, rate: int) -> Audio:
+        return Audio(resample(self.samples, self.rate, rate), rate)
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Band-limited resampling (soxr): linear interpolation aliases and costs recognisers accuracy."""
+    if from_rate == to_rate or len(samples) == 0:
+        return samples.astype(np.float32, copy=False)
+    import soxr
+
+    return soxr.resample(samples.astype(np.float32, copy=False), from_rate, to_rate).astype(np.float32)
+
+
+def to_int16_bytes(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def from_int16_bytes(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def read_wav(path: Path) -> Audio:
+    """16-bit PCM WAV of any rate; channels are averaged. AudioError names the file otherwise."""
+    try:
+        with wave.open(str(path), "rb") as wav:
+            width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
+            frames = wav.readframes(wav.getnframes())
+    except FileNotFoundError:
+        raise AudioError(f"audio file not found: {path}") from None
+    except (wave.Error, EOFError, OSError) as exc:
+        raise AudioError(f"cannot read {path} as a WAV file: {exc}") from None
+    if width != 2:
+        raise AudioError(f"{path}: only 16-bit PCM WAV is supported (this one has {8 * width}-bit samples)")
+    samples = from_int16_bytes(frames[: len(frames) - len(frames) % (2 * channels)])
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1)
+    return Audio(samples, rate)
+
+
+def write_wav(path: Path, audio: Audio) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(audio.rate)
+        wav.writeframes(to_int16_bytes(audio.samples))
+
+
+def chunks(samples: np.ndarray, size: int = CHUNK_SAMPLES) -> list[np.ndarray]:
+    """Fixed-size frames; the last one is zero-padded so every frame has ``size`` samples."""
+    out = []
+    for start in range(0, len(samples), size):
+        frame = samples[start:start + size]
+        if len(frame) < size:
+            frame = np.concatenate([frame, np.zeros(size - len(frame), dtype=np.float32)])
+        out.append(frame.astype(np.float32, copy=False))
+    return out

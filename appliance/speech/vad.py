@@ -1,0 +1,89 @@
+"""Voice activity: silero-vad's ONNX model through onnxruntime, and end-pointing on top of it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from appliance.artifacts import load_verified_manifest, model_file
+from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE
+
+CONTEXT_SAMPLES = 64  # silero v5+ sees the previous frame's last 64 samples with each 512-sample frame
+
+
+
+
+class SileroVad:
+    """Speech probability per 32 ms frame; keeps the recurrent state between frames."""
+
+    def __init__(self, model_dir: Path):
+        import onnxruntime as ort
+
+        path = model_file(model_dir, load_verified_manifest(model_dir), "onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+        self._context = np.zeros(CONTEXT_SAMPLES, dtype=np.float32)
+
+    def probability(self, frame: np.ndarray) -> float:
+        if len(frame) != CHUNK_SAMPLES:
+            raise ValueError(f"VAD frames are {CHUNK_SAMPLES} samples at 16 kHz, got {len(frame)}")
+        x = np.concatenate([self._context, frame.astype(np.float32)])[None, :]
+        prob, self._state = self._session.run(None, {"input": x, "state": self._state, "sr": self._sr})
+        self._context = x[0, -CONTEXT_SAMPLES:]
+        return float(prob[0, 0])
+
+
+@dataclass
+class EndpointSettings:
+    threshold: float = 0.5  # speech probability above which a frame is speech
+    start_frames: int = 3  # this many speech frames in a row start an utterance (96 ms)
+    end_silence_ms: int = 640  # this much non-speech after speech ends it
+    max_utterance_s: float = 12.0  # a question longer than this is cut off
+    no_speech_timeout_s: float = 6.0  # after the wake phrase: nobody spoke
+
+
+class Endpointer:
+    """Turns per-frame speech probabilities into utterance start and end decisions (with hysteresis)."""
+
+    def __init__(self, settings: EndpointSettings):
+        self.settings = settings
+        self.frame_ms = 1000 * CHUNK_SAMPLES / SAMPLE_RATE
+        self.reset()
+
+    def reset(self) -> None:
+        self.in_speech = False
+        self.heard_speech = False
+        self._run = 0
+        self._silence_ms = 0.0
+        self._elapsed_ms = 0.0
+
+    def update(self, probability: float) -> str | None:
+        """'start' when speech begins, 'end' when it has ended, 'timeout' on silence or overlong speech."""
+        s = self.settings
+        self._elapsed_ms += self.frame_ms
+        if probability >= s.threshold:
+            self._run += 1
+            self._silence_ms = 0.0
+            if not self.in_speech and self._run >= s.start_frames:
+                self.in_speech = self.heard_speech = True
+                return "start"
+        else:
+            self._run = 0
+            if probability < s.threshold - 0.15:
+                self._silence_ms += self.frame_ms
+            if self.in_speech and self._silence_ms >= s.end_silence_ms:
+                self.in_speech = False
+                return "end"
+        if self.heard_speech and self._elapsed_ms >= s.max_utterance_s * 1000:
+            return "timeout"
+        if not self.heard_speech and self._elapsed_ms >= s.no_speech_timeout_s * 1000:
+            return "timeout"
+        return None

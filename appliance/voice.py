@@ -1,0 +1,257 @@
+"""The voice loop: input frames → VAD/wake → ASR → question answering → TTS → output.
+
+One state machine driven by 32 ms input frames, the same for a live microphone and for a WAV file
+(``appliance serve --input``). While the answer plays, the input is still watched: speech there
+(barge-in) stops the playback and becomes the next question.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from appliance.answer import Answer
+from appliance.config import Config
+from appliance.errors import ApplianceError
+from appliance.pipeline import QAPipeline
+from appliance.speech.adapt import Adaptation
+from appliance.speech.asr import Recognizer, create_recognizer
+from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE, Audio
+from appliance.speech.devices import WavFileSource, WavSink
+from appliance.speech.tts import Synthesizer, create_synthesizer
+from appliance.speech.vad import Endpointer, EndpointSettings, SileroVad
+from appliance.speech.wake import WakePhraseSpotter
+
+log = logging.getLogger("appliance.voice")
+
+FRAME_S = CHUNK_SAMPLES / SAMPLE_RATE
+LISTEN_MODES = ("wake", "push-to-talk", "always")
+NOT_HEARD = "Sorry, I didn't catch a question."
+FAILED = "Sorry, something went wrong answering that."
+
+
+@dataclass
+class Turn:
+    """One question and what the box did about it."""
+    transcript: str
+    answer: Answer | None
+    spoken: str
+    barged_in: bool = False
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"transcript": self.transcript, "spoken": self.spoken, "barged_in": self.barged_in,
+                "timings_ms": self.timings_ms, "answer": self.answer.to_json() if self.answer else None}
+
+
+@dataclass
+class VoiceParts:
+    """Everything the loop needs, built once (models are loaded here, not per question)."""
+    recognizer: Recognizer
+    vad: SileroVad
+    synthesizer: Synthesizer
+    endpoint: EndpointSettings
+    wake: WakePhraseSpotter | None = None
+
+
+class VoiceLoop:
+    def __init__(self, parts: VoiceParts, ask: Callable[[str], Answer], sink, listen: str = "wake",
+                 barge_in: bool = True, on_event: Callable[[dict], None] | None = None):
+        if listen not in LISTEN_MODES:
+            raise ApplianceError(f"unknown listen mode {listen!r} ({', '.join(LISTEN_MODES)})")
+        if listen == "wake" and parts.wake is None:
+            raise ApplianceError("listen mode 'wake' needs a wake phrase spotter")
+        self.parts, self.ask, self.sink = parts, ask, sink
+        self.listen, self.barge_in = listen, barge_in
+        self.on_event = on_event or (lambda event: None)
+        self._talk = threading.Event()  # push-to-talk trigger
+        parts.vad.reset()  # a new stream: no state carried over from a lost one
+        self._endpointer = Endpointer(parts.endpoint)
+        self._barge = Endpointer(parts.endpoint)
+        self._preroll: collections.deque = collections.deque(maxlen=10)  # 320 ms before VAD fired
+        self._state = "waiting"
+        self._speech: Iterator[Audio] | None = None
+        self._turn: Turn | None = None
+
+    def push_to_talk(self) -> None:
+        """Start listening for a question now (API 'listen' request, a button)."""
+        self._talk.set()
+
+    def run(self, frames: Iterable[np.ndarray], stop: threading.Event | None = None) -> Iterator[Turn]:
+        """Process frames until they end (or ``stop``); yields each finished turn."""
+        stop = stop or threading.Event()
+        for frame in frames:
+            if stop.is_set():
+                break
+            yield from self._step(frame)
+        if self._state == "hearing":
+            yield from self._respond()
+        if self._state == "speaking":
+            yield from self._drain()
+
+    # -- states ------------------------------------------------------------------------------
+
+    def _step(self, frame: np.ndarray) -> Iterator[Turn]:
+        probability = self.parts.vad.probability(frame)
+        if self._state == "waiting":
+            self._wait(frame, probability)
+        elif self._state == "hearing":
+            self._hear(frame)
+            if self._endpointer.update(probability) in ("end", "timeout"):
+                yield from self._respond()
+        else:
+            yield from self._play(frame, probability)
+
+    def _wait(self, frame: np.ndarray, probability: float) -> None:
+        self._preroll.append(frame)
+        if self.listen == "wake":
+            if self.parts.wake.detect(frame):
+                self.on_event({"event": "wake"})
+                self._start_hearing([])
+        elif self.listen == "always":
+            if self._endpointer.update(probability) == "start":
+                self._start_hearing(list(self._preroll))
+        elif self._talk.is_set():
+            self._start_hearing([])
+
+    def _start_hearing(self, preroll: list[np.ndarray]) -> None:
+        self._talk.clear()
+        self._endpointer.reset()
+        if preroll:  # "always" mode: speech already started; the end-pointer must know
+            self._endpointer.in_speech = self._endpointer.heard_speech = True
+        self._preroll.clear()
+        self.parts.recognizer.start()
+        self._state = "hearing"
+        self.on_event({"event": "listening"})
+        for frame in preroll:
+            self._hear(frame)
+
+    def _hear(self, frame: np.ndarray) -> None:
+        partial = self.parts.recognizer.feed(frame)
+        if partial is not None:
+            self.on_event({"event": "partial", "text": partial.text})
+
+    def _respond(self) -> Iterator[Turn]:
+        end_of_speech = time.perf_counter()
+        transcript = self.parts.recognizer.finish().text.strip()
+        heard = time.perf_counter()
+        timings = {"asr_final": _ms(heard - end_of_speech)}
+        self.on_event({"event": "heard", "text": transcript})
+        answer = None
+        if not transcript:
+            spoken = NOT_HEARD
+        else:
+            try:
+                answer = self.ask(transcript)
+                spoken = answer.spoken()
+                timings.update(answer.timings_ms)
+                self.on_event({"event": "answered", "answer": answer.to_json()})
+            except ApplianceError as exc:
+                log.warning("could not answer %r: %s", transcript, exc)
+                spoken = FAILED
+        answered = time.perf_counter()
+        self._turn = Turn(transcript, answer, spoken, timings_ms=timings)
+        self._speech = iter(self.parts.synthesizer.synthesize(spoken))
+        self._state = "speaking"
+        self._barge.reset()
+        if self._top_up():
+            first = time.perf_counter()
+            timings["tts_first_audio"] = _ms(first - answered)
+            timings["end_of_speech_to_first_audio"] = _ms(first - end_of_speech)
+        timings["endpoint_silence"] = float(self.parts.endpoint.end_silence_ms)
+        self.on_event({"event": "speaking", "text": spoken})
+        log.info(json.dumps({"event": "question", "transcript": transcript, "abstained": answer.abstained if answer
+                             else None, **{f"{k}_ms": v for k, v in timings.items()}}))
+        return iter(())
+
+    def _top_up(self) -> bool:
+        """Synthesize the next sentence when less than a second is left to play."""
+        if self._speech is None or self.sink.buffered_seconds() >= 1.0:
+            return False
+        audio = next(self._speech, None)
+        if audio is None:
+            self._speech = None
+            return False
+        self.sink.play(audio)
+        return True
+
+    def _play(self, frame: np.ndarray, probability: float) -> Iterator[Turn]:
+        self.sink.advance(FRAME_S)
+        self._top_up()
+        if self.barge_in and self._barge.update(probability) == "start":
+            self.sink.stop()
+            self._speech = None
+            self._turn.barged_in = True
+            self.on_event({"event": "barge-in"})
+            yield self._finish_turn()
+            self._start_hearing(list(self._preroll) + [frame])
+            return
+        self._preroll.append(frame)
+        if self._speech is None and not self.sink.playing():
+            yield self._finish_turn()
+            self._state = "waiting"
+            self._endpointer.reset()
+
+    def _drain(self) -> Iterator[Turn]:
+        while self._speech is not None or self.sink.playing():
+            self.sink.advance(FRAME_S)
+            self._top_up()
+        yield self._finish_turn()
+        self._state = "waiting"
+
+    def _finish_turn(self) -> Turn:
+        self.sink.finish()
+        turn, self._turn = self._turn, None
+        self._preroll.clear()
+        self.on_event({"event": "done", "barged_in": turn.barged_in})
+        return turn
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def build_parts(config: Config, index_path: Path | None) -> VoiceParts:
+    """Load the speech models named by the config. ``index_path`` is the index version whose KB
+    language model adapts the recogniser (None or missing files: the stock model)."""
+    from appliance.index import ADAPTATION_DIR
+
+    sc = config.speech
+    adaptation = Adaptation(index_path / ADAPTATION_DIR) if sc.adapt and index_path else None
+    vosk = config.resolve(Path(sc.vosk_model)) if sc.vosk_model else None
+    recognizer = create_recognizer(vosk, adaptation)
+    piper = config.resolve(Path(sc.piper_voice)) if sc.piper_voice else None
+    endpoint = EndpointSettings(threshold=sc.vad_threshold, end_silence_ms=sc.end_silence_ms,
+                                max_utterance_s=sc.max_utterance_s, no_speech_timeout_s=sc.no_speech_timeout_s)
+    wake = WakePhraseSpotter(sc.wake_phrase, sc.wake_threshold) if sc.listen == "wake" else None
+    return VoiceParts(recognizer, SileroVad(config.resolve(sc.vad_model)), create_synthesizer(sc.tts, piper),
+                      endpoint, wake)
+
+
+def answer_files(config: Config, pipeline: QAPipeline, inputs: list[Path], out_dir: Path, listen: str,
+                 on_event: Callable[[dict], None] | None = None) -> list[Turn]:
+    """`serve --input`: the live pipeline run on WAV files; answers are written as WAVs in ``out_dir``."""
+    parts = build_parts(config, pipeline.index.path)
+    sink = WavSink(out_dir)
+    turns: list[Turn] = []
+    for path in inputs:
+        loop = VoiceLoop(parts, pipeline.ask, sink, listen, config.speech.barge_in, on_event)
+        for turn in loop.run(WavFileSource(path).frames()):
+            turn.timings_ms = dict(turn.timings_ms)
+            turns.append(turn)
+            _record(out_dir, path, turn, sink.written[-1] if sink.written else None)
+    return turns
+
+
+def _record(out_dir: Path, source: Path, turn: Turn, audio: Path | None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "turns.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"input": str(source), "audio": str(audio) if audio else None, **turn.to_json()},
+                            ensure_ascii=False) + "\n")

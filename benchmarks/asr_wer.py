@@ -1,0 +1,81 @@
+"""ASR word error rate: stock vs KB-adapted recogniser, on espeak-ng and Piper renderings of the
+KB questions and on real recorded clips.
+
+    python -m benchmarks.asr_wer [--index index] [--speech ../shared/data/speech] [--out FILE]
+
+The KB questions (tests/data/kb_questions_*.json) are never used to build the adaptation; the LM
+comes from the knowledge base text and generic question frames only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from appliance.config import PROJECT_ROOT
+from appliance.index import ADAPTATION_DIR, CURRENT
+from appliance.speech.adapt import Adaptation
+from appliance.speech.asr import PocketsphinxRecognizer, transcribe
+from appliance.speech.audio import SAMPLE_RATE, Audio, read_wav
+from appliance.speech.tts import EspeakSynthesizer, PiperSynthesizer, default_piper_voice
+from appliance.speech.wer import word_error_rate
+
+import numpy as np
+
+
+def kb_questions() -> list[str]:
+    questions = []
+    for path in sorted((PROJECT_ROOT / "tests" / "data").glob("kb_questions_*.json")):
+        questions += [q["question"] for q in json.loads(path.read_text())]
+    return questions
+
+
+def render(synth, text: str) -> np.ndarray:
+    parts = [a.at_rate(SAMPLE_RATE).samples for a in synth.synthesize(text)]
+    return np.concatenate(parts)
+
+
+def real_clips(speech_dir: Path) -> list[tuple[str, np.ndarray]]:
+    manifest = json.loads((speech_dir / "manifest.json").read_text())
+    return [(c["transcript"], read_wav(speech_dir / c["file"]).at_rate(SAMPLE_RATE).samples)
+            for c in manifest if c.get("transcript_exact")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--index", type=Path, default=PROJECT_ROOT / "index")
+    parser.add_argument("--speech", type=Path, default=PROJECT_ROOT.parent / "shared" / "data" / "speech")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    adaptation = Adaptation(args.index / CURRENT / ADAPTATION_DIR)
+    if not adaptation.exists():
+        raise SystemExit(f"no ASR adaptation in {args.index}; run `appliance index` first")
+    recognizers = {"stock": PocketsphinxRecognizer(), "kb-adapted": PocketsphinxRecognizer(adaptation)}
+    questions = kb_questions()
+    sets: dict[str, list[tuple[str, np.ndarray]]] = {
+        "espeak-ng KB questions": [(q, render(EspeakSynthesizer(), q)) for q in questions]}
+    voice = default_piper_voice()
+    if voice:
+        piper = PiperSynthesizer(voice)
+        sets["piper KB questions"] = [(q, render(piper, q)) for q in questions]
+    if (args.speech / "manifest.json").is_file():
+        sets["real clips"] = real_clips(args.speech)
+    results = {}
+    for set_name, items in sets.items():
+        audio_s = sum(len(a) for _, a in items) / SAMPLE_RATE
+        for rec_name, rec in recognizers.items():
+            started = time.perf_counter()
+            pairs = [(ref, transcribe(rec, audio).text) for ref, audio in items]
+            seconds = time.perf_counter() - started
+            wer = word_error_rate(pairs)
+            results[f"{set_name} / {rec_name}"] = {"wer": round(wer, 3), "utterances": len(items),
+                                                   "real_time_factor": round(seconds / audio_s, 3),
+                                                   "examples": pairs[:3]}
+            print(f"{set_name:24s} {rec_name:11s} WER {wer:.3f}  n={len(items)}  RTF {seconds / audio_s:.2f}")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
