@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", choices=["wake", "push-to-talk", "always"],
                        help="how a question starts (default: config speech.listen; --input uses 'always' unless set)")
     serve.add_argument("--no-voice", action="store_true", help="text API only: do not open the microphone")
+    wyoming = sub.add_parser("wyoming", help="Wyoming protocol server for Home Assistant (asr, tts, handle)")
+    _common(wyoming)
+    wyoming.add_argument("--uri", default="tcp://127.0.0.1:10700",
+                         help="tcp://HOST:PORT or unix://PATH (default: tcp://127.0.0.1:10700)")
     tui = sub.add_parser("tui", help="terminal UI (uses the daemon when it runs, else loads the models)")
     _common(tui)
     tui.add_argument("--socket", type=Path, help="daemon socket (default: config api.socket)")
@@ -163,6 +167,24 @@ def _serve_daemon(args: argparse.Namespace, config, pipeline) -> int:
     return 0
 
 
+def cmd_wyoming(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from appliance.pipeline import QAPipeline
+    from appliance.wyoming_server import build_service, run_wyoming
+
+    logging.getLogger().setLevel(logging.INFO)
+    if not args.uri.startswith(("tcp://", "unix://")):
+        raise ApplianceError(f"--uri must be tcp://HOST:PORT or unix://PATH, got {args.uri!r}")
+    config = load_config(args.config)
+    service = build_service(config, QAPipeline(config, args.kb, args.index))
+    try:
+        asyncio.run(run_wyoming(args.uri, service))
+    except OSError as exc:
+        raise ApplianceError(f"cannot listen on {args.uri}: {exc}") from None
+    return 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from appliance.tui import ApplianceTUI
 
@@ -170,7 +192,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ask": cmd_ask, "index": cmd_index, "serve": cmd_serve, "tui": cmd_tui}
+COMMANDS = {"ask": cmd_ask, "index": cmd_index, "serve": cmd_serve, "tui": cmd_tui, "wyoming": cmd_wyoming}
 
 
 def main(argv: list[str] | None = None) -> int:

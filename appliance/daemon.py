@@ -69,12 +69,12 @@ class VoiceService:
         self.stop_event.wait(delay)
 
     def _listen(self) -> None:
+        if self._parts is None:  # load the speech models first: answer the moment a microphone appears
+            self._parts = build_parts(self.config, self.pipeline.index.path)
         source = self.open_source()
         sink = None
         try:
             sink = self.open_sink()
-            if self._parts is None:
-                self._parts = build_parts(self.config, self.pipeline.index.path)
             sc = self.config.speech
             self.loop = VoiceLoop(self._parts, self.ask, sink, sc.listen, sc.barge_in, self.publish)
             log.info("listening (%s mode)", sc.listen)

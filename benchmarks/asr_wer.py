@@ -24,11 +24,22 @@ from appliance.speech.wer import word_error_rate
 import numpy as np
 
 
-def kb_questions() -> list[str]:
-    questions = []
+def kb_items() -> list[dict]:
+    items = []
     for path in sorted((PROJECT_ROOT / "tests" / "data").glob("kb_questions_*.json")):
-        questions += [q["question"] for q in json.loads(path.read_text())]
-    return questions
+        items += json.loads(path.read_text())
+    return items
+
+
+def kb_questions() -> list[str]:
+    return [q["question"] for q in kb_items()]
+
+
+def answered_right(pipeline, question: str, expected: str) -> bool:
+    if not question.strip():
+        return False
+    answer = pipeline.ask(question)
+    return not answer.abstained and expected.lower() in answer.text.lower()
 
 
 def render(synth, text: str) -> np.ndarray:
@@ -47,7 +58,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=Path, default=PROJECT_ROOT / "index")
     parser.add_argument("--speech", type=Path, default=PROJECT_ROOT.parent / "shared" / "data" / "speech")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--answers", action="store_true",
+                        help="also ask the transcripts: how many KB questions are answered right, spoken vs typed")
     args = parser.parse_args(argv)
+    pipeline = None
+    if args.answers:
+        from appliance.config import Config
+        from appliance.pipeline import QAPipeline
+
+        pipeline = QAPipeline(Config(), index=args.index)
+        expected = {q["question"]: q["answer"] for q in kb_items()}
+        typed = sum(answered_right(pipeline, q, a) for q, a in expected.items())
+        print(f"typed KB questions answered right: {typed}/{len(expected)}")
     adaptation = Adaptation(args.index / CURRENT / ADAPTATION_DIR)
     if not adaptation.exists():
         raise SystemExit(f"no ASR adaptation in {args.index}; run `appliance index` first")
@@ -69,10 +91,15 @@ def main(argv: list[str] | None = None) -> None:
             pairs = [(ref, transcribe(rec, audio).text) for ref, audio in items]
             seconds = time.perf_counter() - started
             wer = word_error_rate(pairs)
-            results[f"{set_name} / {rec_name}"] = {"wer": round(wer, 3), "utterances": len(items),
-                                                   "real_time_factor": round(seconds / audio_s, 3),
-                                                   "examples": pairs[:3]}
-            print(f"{set_name:24s} {rec_name:11s} WER {wer:.3f}  n={len(items)}  RTF {seconds / audio_s:.2f}")
+            row = {"wer": round(wer, 3), "utterances": len(items), "real_time_factor": round(seconds / audio_s, 3),
+                   "examples": pairs[:3]}
+            if pipeline is not None and "KB questions" in set_name:
+                row["answered_right"] = sum(answered_right(pipeline, hyp, expected[ref]) for ref, hyp in pairs)
+            results[f"{set_name} / {rec_name}"] = row
+            print(f"{set_name:24s} {rec_name:11s} WER {wer:.3f}  n={len(items)}  RTF {seconds / audio_s:.2f}"
+                  + (f"  answered right {row['answered_right']}" if "answered_right" in row else ""))
+    if pipeline is not None:
+        results["typed KB questions answered right"] = typed
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

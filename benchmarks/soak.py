@@ -37,13 +37,26 @@ def wait_for(sock: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"daemon exited: {proc.stderr.read()}")
+            raise SystemExit(f"daemon exited with status {proc.returncode}")
         try:
             ApiClient(sock).close()
             return
         except ApplianceError:
             time.sleep(0.2)
     raise SystemExit("daemon did not come up")
+
+
+def wait_for_voice(sock: Path, timeout: float = 180) -> None:
+    """The daemon loads its speech models in a thread after READY; measure RSS after that."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(sock))
+        s.settimeout(timeout)
+        s.sendall(b'{"type": "subscribe"}\n')
+        reader = s.makefile()
+        while json.loads(reader.readline()).get("event") not in ("ready", "audio-error"):
+            pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,10 +69,12 @@ def main(argv: list[str] | None = None) -> None:
                       for q in json.loads(f.read_text())]
     with tempfile.TemporaryDirectory() as tmp:
         sock = Path(tmp) / "soak.sock"
+        log = open(Path(tmp) / "daemon.log", "w+")  # a pipe nobody reads would fill and block the daemon
         proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--socket", str(sock),
-                                 "--index", str(args.index)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                                 "--index", str(args.index)], cwd=ROOT, stderr=log, text=True)
         try:
             wait_for(sock, proc)
+            wait_for_voice(sock)
             with ApiClient(sock) as warm:
                 for q in pool_questions[:5]:
                     warm.ask(q)
@@ -88,8 +103,11 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+            log.seek(0)
+            tracebacks = log.read().count("Traceback")
     result = {
         "questions": len(latencies), "clients": args.clients, "errors": len(errors),
+        "daemon_tracebacks": tracebacks, "daemon_exit_status": proc.returncode,
         "wall_s": round(time.time() - started, 1), "throughput_qps": round(len(latencies) / (time.time() - started), 2),
         "latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 1),
                        "p95": round(float(np.percentile(latencies, 95)), 1)},

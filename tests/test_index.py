@@ -26,7 +26,9 @@ def test_build_writes_passages_faiss_bm25_and_manifest(tmp_path, encoder):
     assert loaded.dense.ntotal == 1 and loaded.passages[0].section == ("Priming",)
     assert loaded.manifest["encoder_sha256"] == encoder.manifest["files"]["model.int8.onnx"]["sha256"]
     assert {"documents", "passages", "built", "skipped"} <= set(loaded.manifest)
-    assert sorted(os.listdir(loaded.path)) == ["bm25.json", "dense.faiss", "manifest.json", "passages.jsonl"]
+    assert sorted(os.listdir(loaded.path)) == ["asr", "bm25.json", "dense.faiss", "manifest.json", "passages.jsonl"]
+    assert sorted(os.listdir(loaded.path / "asr")) == ["kb.dict", "kb.lm", "kb.words.json"]
+    assert loaded.manifest["asr_adaptation"]["words"] > 5
 
 
 def test_failed_build_leaves_previous_index_intact(tmp_path, encoder):

@@ -16,27 +16,30 @@ import pytest
 from conftest import ROOT
 
 UNIT = ROOT / "systemd" / "appliance.service"
+WYOMING_UNIT = ROOT / "systemd" / "appliance-wyoming.service"
 needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 
 
-def installed_copy(tmp_path: Path) -> Path:
+def installed_copy(tmp_path: Path, source: Path = UNIT) -> Path:
     """The unit with ExecStart pointing at this checkout's console script (verify checks it exists)."""
     script = Path(sys.executable).parent / "appliance"
-    unit = tmp_path / "appliance.service"
-    unit.write_text(UNIT.read_text().replace("/opt/appliance/.venv/bin/appliance", str(script)))
+    unit = tmp_path / source.name
+    unit.write_text(source.read_text().replace("/opt/appliance/.venv/bin/appliance", str(script)))
     return unit
 
 
 @needs_systemd
-def test_unit_verifies(tmp_path):
-    result = subprocess.run(["systemd-analyze", "verify", str(installed_copy(tmp_path))],
+@pytest.mark.parametrize("source", [UNIT, WYOMING_UNIT], ids=["daemon", "wyoming"])
+def test_unit_verifies(tmp_path, source):
+    result = subprocess.run(["systemd-analyze", "verify", str(installed_copy(tmp_path, source))],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
 
 
 @needs_systemd
-def test_unit_exposure_score_is_at_most_2(tmp_path):
-    result = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(installed_copy(tmp_path))],
+@pytest.mark.parametrize("source", [UNIT, WYOMING_UNIT], ids=["daemon", "wyoming"])
+def test_unit_exposure_score_is_at_most_2(tmp_path, source):
+    result = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(installed_copy(tmp_path, source))],
                             capture_output=True, text=True, check=False)
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr
