@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from appliance.config import CONFIG_ENV, load_config
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, ConfigError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -175,7 +175,7 @@ def cmd_wyoming(args: argparse.Namespace) -> int:
 
     logging.getLogger().setLevel(logging.INFO)
     if not args.uri.startswith(("tcp://", "unix://")):
-        raise ApplianceError(f"--uri must be tcp://HOST:PORT or unix://PATH, got {args.uri!r}")
+        raise ConfigError(f"--uri must be tcp://HOST:PORT or unix://PATH, got {args.uri!r}")
     config = load_config(args.config)
     service = build_service(config, QAPipeline(config, args.kb, args.index))
     try:

@@ -12,6 +12,15 @@ COMMANDS = {
     "evaluate-retriever": "build_tools.evaluate_retriever",
     "evaluate-kb": "build_tools.evaluate_kb",
     "tune-threshold": "build_tools.tune_threshold",
+    "distill-reader": "build_tools.compress.distill",
+    "distill-retriever": "build_tools.compress.distill_retriever",
+    "prune-reader": "build_tools.compress.prune_reader",
+    "prune-retriever": "build_tools.compress.prune_retriever",
+    "prune-vocab": "build_tools.compress.vocab",
+    "quantize": "build_tools.compress.quantize",
+    "fuse": "build_tools.compress.fuse",
+    "compress-export": "build_tools.compress.export",
+    "report": "build_tools.compress.report",
 }
 
 
