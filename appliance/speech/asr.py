@@ -135,7 +135,8 @@ class VoskRecognizer:
         self._grammar = None
         if adaptation is not None and adaptation.exists() and (model_dir / "graph" / "HCLr.fst").is_file():
             words = json.loads(adaptation.words.read_text(encoding="utf-8"))
-            self._grammar = json.dumps([" ".join(words), "[unk]"])
+            # one entry per word: any sequence of them (vosk's JSON reader takes no \u escapes)
+            self._grammar = json.dumps([*words, "[unk]"], ensure_ascii=False)
             self.name = "vosk+kb"
         self._recognizer = None
         self._finals: list[str] = []
