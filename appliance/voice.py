@@ -22,7 +22,7 @@ from appliance.config import Config
 from appliance.errors import ApplianceError
 from appliance.pipeline import QAPipeline
 from appliance.speech.adapt import Adaptation
-from appliance.speech.asr import Recognizer, create_recognizer
+from appliance.speech.asr import PocketsphinxRecognizer, Recognizer, create_recognizer
 from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE, Audio
 from appliance.speech.devices import WavFileSource, WavSink
 from appliance.speech.tts import Synthesizer, create_synthesizer
@@ -123,6 +123,8 @@ class VoiceLoop:
 
     def _start_hearing(self, preroll: list[np.ndarray]) -> None:
         self._talk.clear()
+        if self.parts.wake is not None:
+            self.parts.wake.pause()
         self._endpointer.reset()
         if preroll:  # "always" mode: speech already started; the end-pointer must know
             self._endpointer.in_speech = self._endpointer.heard_speech = True
@@ -226,11 +228,12 @@ def build_parts(config: Config, index_path: Path | None) -> VoiceParts:
     sc = config.speech
     adaptation = Adaptation(index_path / ADAPTATION_DIR) if sc.adapt and index_path else None
     vosk = config.resolve(Path(sc.vosk_model)) if sc.vosk_model else None
-    recognizer = create_recognizer(vosk, adaptation)
+    recognizer = create_recognizer(vosk, adaptation, sc.wake_threshold)
     piper = config.resolve(Path(sc.piper_voice)) if sc.piper_voice else None
     endpoint = EndpointSettings(threshold=sc.vad_threshold, end_silence_ms=sc.end_silence_ms,
                                 max_utterance_s=sc.max_utterance_s, no_speech_timeout_s=sc.no_speech_timeout_s)
-    wake = WakePhraseSpotter(sc.wake_phrase, sc.wake_threshold) if sc.listen == "wake" else None
+    shared = recognizer if isinstance(recognizer, PocketsphinxRecognizer) else None
+    wake = WakePhraseSpotter(sc.wake_phrase, sc.wake_threshold, shared) if sc.listen == "wake" else None
     return VoiceParts(recognizer, SileroVad(config.resolve(sc.vad_model)), create_synthesizer(sc.tts, piper),
                       endpoint, wake)
 

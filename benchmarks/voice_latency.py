@@ -51,15 +51,17 @@ def loop_latencies(index: Path, wavs: list[Path], tts: str) -> dict:
                 "p95": percentile([r[k] for r in rows if k in r], 95)} for k in keys} | {"turns": len(rows)}
 
 
-def daemon_figures(index: Path, questions: list[str]) -> dict:
+def daemon_figures(index: Path, questions: list[str], tts: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         notify_path, sock_path = Path(tmp) / "notify", Path(tmp) / "api.sock"
+        config = Path(tmp) / "appliance.toml"
+        config.write_text(f'[speech]\ntts = "{tts}"\n')
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
         started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--index", str(index), "--socket",
-                                 str(sock_path)], env=env, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config", str(config), "--index",
+                                 str(index), "--socket", str(sock_path)], env=env, stderr=subprocess.DEVNULL)
         try:
             notify.settimeout(60)
             while b"READY=1" not in notify.recv(4096):
@@ -108,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         for tts in ("espeak", "piper"):
             results[f"loop tts={tts}"] = loop_latencies(args.index, wavs, tts)
             print(tts, json.dumps(results[f"loop tts={tts}"]))
-    results["daemon"] = daemon_figures(args.index, questions)
-    print("daemon", json.dumps(results["daemon"]))
+    for tts in ("espeak", "piper"):
+        results[f"daemon tts={tts}"] = daemon_figures(args.index, questions, tts)
+        print(f"daemon tts={tts}", json.dumps(results[f"daemon tts={tts}"]))
     results["endpoint_silence_ms"] = Config().speech.end_silence_ms
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

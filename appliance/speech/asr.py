@@ -45,12 +45,38 @@ def pocketsphinx_model_dir() -> Path:
     return Path(pocketsphinx.get_model_path()) / "en-us"
 
 
+class DecoderSession:
+    """One pocketsphinx decoder shared by the wake spotter and the recogniser, so the acoustic
+    model is in memory once (~30 MB); each begins its own utterance with its own search."""
+
+    LM_SEARCH = "_default"
+
+    def __init__(self, decoder, search: str | None):
+        self.decoder = decoder
+        self.search = search  # the activated search (asking a decoder that has none crashes it)
+        self.active: str | None = None  # the search of the open utterance
+
+    def begin(self, search: str) -> None:
+        self.end()  # an utterance left open (device lost, or the other user of the decoder)
+        if self.search != search:
+            self.decoder.activate_search(search)
+            self.search = search
+        self.decoder.start_utt()
+        self.active = search
+
+    def end(self) -> None:
+        if self.active is not None:
+            self.decoder.end_utt()
+            self.active = None
+
+
 class PocketsphinxRecognizer:
     """CMU pocketsphinx; with an adaptation, the KB's trigram LM and dictionary replace the stock ones."""
 
     name = "pocketsphinx"
 
-    def __init__(self, adaptation: Adaptation | None = None, lm_weight: float | None = None):
+    def __init__(self, adaptation: Adaptation | None = None, lm_weight: float | None = None,
+                 kws_threshold: float | None = None):
         from pocketsphinx import Decoder
 
         model = pocketsphinx_model_dir()
@@ -62,19 +88,18 @@ class PocketsphinxRecognizer:
             options.update(lm=str(model / "en-us.lm.bin"), dict=str(model / "cmudict-en-us.dict"))
         if lm_weight is not None:
             options["lw"] = lm_weight
+        if kws_threshold is not None:
+            options["kws_threshold"] = kws_threshold  # for a wake phrase search added to this decoder
         self._decoder = Decoder(**options)
+        self.session = DecoderSession(self._decoder, DecoderSession.LM_SEARCH)
         self._partial = ""
         self._cmn_warm = False  # live cepstral mean normalisation has seen real audio
         self._utterance: list[bytes] = []
-        self._open = False
 
     def start(self) -> None:
-        if self._open:  # the last utterance was abandoned (audio device lost mid-question)
-            self._decoder.end_utt()
         self._partial = ""
         self._utterance = []
-        self._decoder.start_utt()
-        self._open = True
+        self.session.begin(DecoderSession.LM_SEARCH)
 
     def feed(self, frame: np.ndarray) -> Transcript | None:
         pcm = to_int16_bytes(frame)
@@ -89,8 +114,7 @@ class PocketsphinxRecognizer:
         return None
 
     def finish(self) -> Transcript:
-        self._decoder.end_utt()
-        self._open = False
+        self.session.end()
         hyp = self._decoder.hyp()
         if not self._cmn_warm:
             hyp = self._redecode_first_utterance()
@@ -100,9 +124,9 @@ class PocketsphinxRecognizer:
         """Live CMN starts from the model's generic channel estimate, so the first utterance of a
         new microphone (or voice) is decoded badly; decode it again, whole, with its own mean."""
         self._cmn_warm = True
-        self._decoder.start_utt()
+        self.session.begin(DecoderSession.LM_SEARCH)
         self._decoder.process_raw(b"".join(self._utterance), False, True)
-        self._decoder.end_utt()
+        self.session.end()
         self._utterance = []
         return self._decoder.hyp()
 
@@ -170,11 +194,12 @@ class VoskRecognizer:
         return Transcript(" ".join(self._finals).strip(), True, self.name)
 
 
-def create_recognizer(vosk_model: Path | None, adaptation: Adaptation | None) -> Recognizer:
+def create_recognizer(vosk_model: Path | None, adaptation: Adaptation | None,
+                      kws_threshold: float | None = None) -> Recognizer:
     """vosk when a model directory is configured, else pocketsphinx."""
     if vosk_model is not None:
         return VoskRecognizer(vosk_model, adaptation)
-    return PocketsphinxRecognizer(adaptation)
+    return PocketsphinxRecognizer(adaptation, kws_threshold=kws_threshold)
 
 
 def transcribe(recognizer: Recognizer, samples: np.ndarray, frame: int = 1600) -> Transcript:
