@@ -16,9 +16,10 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from appliance.errors import ApplianceError
 from appliance.index import kb_outline

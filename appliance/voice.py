@@ -11,9 +11,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -92,7 +92,7 @@ class VoiceLoop:
                 break
             yield from self._step(frame)
         if self._state == "hearing":
-            yield from self._respond()
+            self._respond()
         if self._state == "speaking":
             yield from self._drain()
 
@@ -105,7 +105,7 @@ class VoiceLoop:
         elif self._state == "hearing":
             self._hear(frame)
             if self._endpointer.update(probability) in ("end", "timeout"):
-                yield from self._respond()
+                self._respond()
         else:
             yield from self._play(frame, probability)
 
@@ -140,7 +140,8 @@ class VoiceLoop:
         if partial is not None:
             self.on_event({"event": "partial", "text": partial.text})
 
-    def _respond(self) -> Iterator[Turn]:
+    def _respond(self) -> None:
+        """End of the question: transcript → answer → the first sentence of speech queued."""
         end_of_speech = time.perf_counter()
         transcript = self.parts.recognizer.finish().text.strip()
         heard = time.perf_counter()
@@ -171,7 +172,6 @@ class VoiceLoop:
         self.on_event({"event": "speaking", "text": spoken})
         log.info(json.dumps({"event": "question", "transcript": transcript, "abstained": answer.abstained if answer
                              else None, **{f"{k}_ms": v for k, v in timings.items()}}))
-        return iter(())
 
     def _top_up(self) -> bool:
         """Synthesize the next sentence when less than a second is left to play."""

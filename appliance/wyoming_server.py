@@ -14,6 +14,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from wyoming.asr import Transcribe, Transcript
@@ -21,8 +22,17 @@ from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.handle import Handled, NotHandled
-from wyoming.info import (AsrModel, AsrProgram, Attribution, Describe, HandleModel, HandleProgram, Info,
-                          TtsProgram, TtsVoice)
+from wyoming.info import (
+    AsrModel,
+    AsrProgram,
+    Attribution,
+    Describe,
+    HandleModel,
+    HandleProgram,
+    Info,
+    TtsProgram,
+    TtsVoice,
+)
 from wyoming.server import AsyncEventHandler, AsyncServer
 from wyoming.tts import Synthesize
 
@@ -220,8 +230,9 @@ class ApplianceEventHandler(AsyncEventHandler):
 
 
 def build_service(config: Config, pipeline: QAPipeline) -> WyomingService:
-    from appliance.index import ADAPTATION_DIR
     from pathlib import Path
+
+    from appliance.index import ADAPTATION_DIR
 
     sc = config.speech
     adaptation = Adaptation(pipeline.index.path / ADAPTATION_DIR) if sc.adapt else None

@@ -13,15 +13,15 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from appliance.config import PROJECT_ROOT
 from appliance.index import ADAPTATION_DIR, CURRENT
 from appliance.speech.adapt import Adaptation
 from appliance.speech.asr import PocketsphinxRecognizer, transcribe
-from appliance.speech.audio import SAMPLE_RATE, Audio, read_wav
+from appliance.speech.audio import SAMPLE_RATE, read_wav
 from appliance.speech.tts import EspeakSynthesizer, PiperSynthesizer, default_piper_voice
 from appliance.speech.wer import word_error_rate
-
-import numpy as np
 
 
 def kb_items() -> list[dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, SHARED
-from speech_fixtures import render, save, silence
+from speech_fixtures import render, silence
 
 from appliance.errors import ConfigError, ModelError
 from appliance.speech.adapt import arpa_trigram, ipa_to_cmu, spoken_form

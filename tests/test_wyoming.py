@@ -17,13 +17,12 @@ from speech_fixtures import render
 from appliance.speech.audio import SAMPLE_RATE, from_int16_bytes, to_int16_bytes
 
 wyoming = pytest.importorskip("wyoming")
-from wyoming.asr import Transcribe, Transcript  # noqa: E402
-from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
-from wyoming.client import AsyncClient  # noqa: E402
-from wyoming.error import Error  # noqa: E402
-from wyoming.handle import Handled, NotHandled  # noqa: E402
-from wyoming.info import Describe, Info  # noqa: E402
-from wyoming.tts import Synthesize  # noqa: E402
+from wyoming.asr import Transcribe, Transcript
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncClient
+from wyoming.handle import Handled, NotHandled
+from wyoming.info import Describe, Info
+from wyoming.tts import Synthesize
 
 
 def free_port() -> int:

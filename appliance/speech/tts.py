@@ -10,8 +10,9 @@ import re
 import shutil
 import subprocess
 import wave
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from appliance.errors import ModelError
 from appliance.speech.audio import Audio, AudioError, from_int16_bytes

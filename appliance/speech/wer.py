@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from appliance.speech.adapt import WORD, spoken_form
 
-
 SAID_AS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "ok": "okay"}
 
 
