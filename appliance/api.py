@@ -165,7 +165,8 @@ class ApiServer:
             return error(f"internal error: {type(exc).__name__}", "internal", request_id)
         log.info(json.dumps({"event": "answered", "abstained": answer.abstained, "confidence": answer.confidence,
                              **{f"{k}_ms": v for k, v in answer.timings_ms.items()}}))
-        self.publish({"event": "answered", "via": "api", "answer": answer.to_json()})
+        if self.subscribers:  # serialise the answer a second time only when someone listens
+            self.publish({"event": "answered", "via": "api", "answer": answer.to_json()})
         return {"type": "answer", "id": request_id, "answer": answer.to_json()}
 
 

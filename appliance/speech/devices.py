@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -183,21 +182,3 @@ class SpeakerSink:
             self._stream.close()
         except Exception:
             pass
-
-
-def retry_with_backoff(open_device: Callable[[], object], stop: threading.Event, first_s: float = 1.0,
-                       max_s: float = 60.0) -> object | None:
-    """Open a device, retrying with exponential backoff until it works or ``stop`` is set."""
-    delay = first_s
-    while not stop.is_set():
-        try:
-            return open_device()
-        except AudioError as exc:
-            log.error("%s; retrying in %.0f s", exc, delay)
-            stop.wait(delay)
-            delay = min(delay * 2, max_s)
-    return None
-
-
-def now() -> float:
-    return time.perf_counter()
