@@ -5,21 +5,46 @@ product equals cosine similarity.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from appliance.artifacts import load_verified_manifest, model_file
+from appliance.errors import ModelError
+from appliance.packed import add_packed_weights
 from appliance.windows import load_tokenizer
 
 
-def make_session(path: Path, threads: int) -> ort.InferenceSession:
+def make_session(path: Path, threads: int, packed_weights: Path | None = None) -> ort.InferenceSession:
+    """One ORT session; ``packed_weights`` supplies the clustered tensors of a packed model."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    keep_alive = add_packed_weights(options, packed_weights) if packed_weights else []
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind types; say which model failed
+        raise ModelError(f"cannot load {path}: {exc}") from None
+    finally:
+        del keep_alive
+
+
+def model_fingerprint(manifest: dict, onnx_path: Path, weights: Path | None) -> str:
+    """sha256 of the ONNX file, or of the ONNX and packed-weights hashes together: what an index
+    records so that vectors from another encoder are never mixed with this one's."""
+    files = manifest["files"]
+    onnx_sha = files.get(onnx_path.name, {}).get("sha256", "")
+    if weights is None:
+        return onnx_sha
+    return hashlib.sha256(f"{onnx_sha}:{files[weights.name]['sha256']}".encode()).hexdigest()
+
+
+def packed_weights_file(model_dir: Path, manifest: dict) -> Path | None:
+    """The packed-weights file of a clustered model (manifest role "weights"), else None."""
+    return model_file(model_dir, manifest, "weights") if "weights" in manifest.get("roles", {}) else None
 
 
 class SentenceEncoder:
@@ -31,9 +56,10 @@ class SentenceEncoder:
         onnx_path = self.model_dir / onnx_name if onnx_name else model_file(self.model_dir, self.manifest, "onnx")
         self.tokenizer = load_tokenizer(model_file(self.model_dir, self.manifest, "tokenizer"))
         self.tokenizer.enable_truncation(max_length)
-        self.session = make_session(onnx_path, threads)
+        weights = packed_weights_file(self.model_dir, self.manifest)
+        self.session = make_session(onnx_path, threads, weights)
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self.sha256 = self.manifest["files"][onnx_path.name]["sha256"] if onnx_path.name in self.manifest["files"] else ""
+        self.sha256 = model_fingerprint(self.manifest, onnx_path, weights)
 
     @property
     def dim(self) -> int:

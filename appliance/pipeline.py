@@ -1,6 +1,7 @@
 """Question → passages → answer, with per-stage timings. Front ends call only this."""
 from __future__ import annotations
 
+import logging
 import time
 import unicodedata
 from pathlib import Path
@@ -8,11 +9,13 @@ from pathlib import Path
 from appliance.answer import Answer, Source
 from appliance.config import Config
 from appliance.encoder import SentenceEncoder
-from appliance.errors import BadQuestionError
+from appliance.errors import BadQuestionError, IndexMissingError
 from appliance.index import build_index, index_exists, load_index
 from appliance.ingest import Passage, split_sentences
 from appliance.reader import Reader, SpanPrediction
 from appliance.retriever import Retriever
+
+log = logging.getLogger(__name__)
 
 
 def normalize_question(raw: str, max_chars: int) -> str:
@@ -70,10 +73,23 @@ class QAPipeline:
             build_index(self.kb, self.index_dir, self.encoder, config.ingest.max_passage_words,
                         config.ingest.max_file_bytes)
         self.index = load_index(self.index_dir)
+        if self.index.manifest.get("encoder_sha256") != self.encoder.sha256:
+            self.index = self._index_for_this_encoder(build_if_missing)
         self.retriever = Retriever(self.encoder, self.index.dense, self.index.bm25, rc.mode, rc.candidates, rc.rrf_k,
                                    rc.dense_weight)
         self.reader = Reader(config.resolve(paths.reader_model), qc.max_length, qc.stride,
                              qc.max_answer_tokens, qc.threads)
+
+    def _index_for_this_encoder(self, rebuild: bool):
+        """The index's vectors came from another retriever model (e.g. after a model update):
+        their similarities to this encoder's questions would be meaningless."""
+        if not rebuild:
+            raise IndexMissingError(f"index at {self.index_dir} was built with a different retriever model; "
+                                    f"rebuild it with: appliance index --index {self.index_dir}")
+        log.warning("index at %s was built with a different retriever model: rebuilding it", self.index_dir)
+        build_index(self.kb, self.index_dir, self.encoder, self.config.ingest.max_passage_words,
+                    self.config.ingest.max_file_bytes)
+        return load_index(self.index_dir)
 
     def ask(self, question: str, top_k: int | None = None) -> Answer:
         question = normalize_question(question, self.config.ask.max_question_chars)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.artifacts import load_verified_manifest, model_file
-from appliance.encoder import make_session
+from appliance.encoder import make_session, packed_weights_file
 from appliance.windows import Window, load_tokenizer, make_windows
 
 
@@ -63,7 +63,7 @@ class Reader:
         self.manifest = load_verified_manifest(self.model_dir)
         onnx_path = self.model_dir / onnx_name if onnx_name else model_file(self.model_dir, self.manifest, "onnx")
         self.tokenizer = load_tokenizer(model_file(self.model_dir, self.manifest, "tokenizer"))
-        self.session = make_session(onnx_path, threads)
+        self.session = make_session(onnx_path, threads, packed_weights_file(self.model_dir, self.manifest))
         self.max_length, self.stride, self.max_answer_tokens = max_length, stride, max_answer_tokens
 
     def predict(self, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[SpanPrediction | None]:

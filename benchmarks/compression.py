@@ -85,12 +85,15 @@ def feeds_for(tokenizer_path: Path, kind: str, question: str, context: str, leng
 
 
 def ort_runner(path: Path, feeds: dict, threads: int, level: str = "ORT_ENABLE_ALL",
-               spin: bool = False) -> Callable[[], object]:
+               spin: bool = False, packed_weights: Path | None = None) -> Callable[[], object]:
     """One session; worker threads do not spin after a run (spinning pools would steal the CPU
     from the next variant in the round-robin and skew it)."""
     import onnxruntime as ort
 
+    from appliance.packed import add_packed_weights
+
     options = ort.SessionOptions()
+    keep_alive = add_packed_weights(options, packed_weights) if packed_weights else []  # noqa: F841
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -117,14 +120,20 @@ def torch_runner(checkpoint: Path, kind: str, feeds: dict, threads: int) -> Call
     return run
 
 
-def interleaved(runners: dict[str, Callable], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Round-robin timing so drift (other load, turbo) hits every variant alike."""
+def interleaved(runners: dict[str, Callable], repeats: int, warmup: int, settle: int = 1) -> dict[str, list[float]]:
+    """Round-robin timing so drift (other load, turbo) hits every variant alike.
+
+    Each timed run follows ``settle`` untimed runs of the same variant: PyTorch's global thread
+    pool is resized whenever the thread count changes, and the first call after that was measured
+    3-6x slower (PyTorch fp32 at 2 threads: 340 ms p50 interleaved without settling, 54-80 ms alone)."""
     for run in runners.values():
         for _ in range(warmup):
             run()
     times: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(repeats):
         for key, run in runners.items():
+            for _ in range(settle):
+                run()
             t = time.perf_counter()
             run()
             times[key].append((time.perf_counter() - t) * 1000)
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         for t in threads:
             key = f"{v.name}@{t}"
             runners[key] = (torch_runner(v.torch_dir(args.root), v.kind, feeds, t) if v.is_torch
-                            else ort_runner(v.path(args.root), feeds, t))
+                            else ort_runner(v.path(args.root), feeds, t, packed_weights=v.weights_path(args.root)))
     times = interleaved(runners, args.repeats, args.warmup)
     results = {k: summary(v) for k, v in times.items()}
     for v in variants:
@@ -182,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
             feeds = feeds_for(args.root / v.model / "tokenizer.json", v.kind, question, context, args.length)
             for t in (1, 2, 4):
                 for level in LEVELS:
-                    opt_runners[f"{v.name}@{t}|{level}"] = ort_runner(v.path(args.root), feeds, t, level)
+                    opt_runners[f"{v.name}@{t}|{level}"] = ort_runner(v.path(args.root), feeds, t, level,
+                                                                      packed_weights=v.weights_path(args.root))
         options = {k: summary(v) for k, v in interleaved(opt_runners, max(args.repeats // 2, 5), args.warmup).items()}
     out = {"window_tokens": args.length, "repeats": args.repeats, "warmup": args.warmup, "threads": threads,
            "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},

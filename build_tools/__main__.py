@@ -18,6 +18,7 @@ COMMANDS = {
     "prune-retriever": "build_tools.compress.prune_retriever",
     "prune-vocab": "build_tools.compress.vocab",
     "quantize": "build_tools.compress.quantize",
+    "cluster": "build_tools.compress.cluster",
     "fuse": "build_tools.compress.fuse",
     "compress-export": "build_tools.compress.export",
     "report": "build_tools.compress.report",
@@ -28,8 +29,8 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print("usage: python -m build_tools {" + ",".join(COMMANDS) + "} [options]", file=sys.stderr)
         sys.exit(2)
-    command = sys.argv.pop(1)
-    importlib.import_module(COMMANDS[command]).main(sys.argv[1:])
+    command = sys.argv[1]  # left in sys.argv: manifests record the full command line
+    importlib.import_module(COMMANDS[command]).main(sys.argv[2:])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from appliance.config import Config
+from appliance.config import Config, load_config
 from appliance.pipeline import QAPipeline, choose_span
 from build_tools.evaluate_reader import f1_score
 
@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--modes", default="hybrid:1,hybrid:2,dense:1", help="mode:dense_weight,...")
     p.add_argument("--rank-weights", default="0,1,1.5,2,99")
     p.add_argument("--threshold", type=float, default=Config().reader.threshold)
+    p.add_argument("--config", type=Path, default=None, help="appliance TOML (e.g. other model paths)")
     args = p.parse_args(argv)
     questions = [q for f in args.questions for q in json.loads(f.read_text(encoding="utf-8"))]
-    config = Config()
+    config = load_config(args.config) if args.config else Config()
     pipeline = QAPipeline(config, index=args.index)
     retriever, passages = pipeline.retriever, pipeline.index.passages
     threshold = args.threshold

@@ -24,7 +24,8 @@ def test_build_writes_passages_faiss_bm25_and_manifest(tmp_path, encoder):
     assert summary.documents == 1 and summary.passages == 1 and not summary.skipped
     loaded = load_index(tmp_path / "index")
     assert loaded.dense.ntotal == 1 and loaded.passages[0].section == ("Priming",)
-    assert loaded.manifest["encoder_sha256"] == encoder.manifest["files"]["model.int8.onnx"]["sha256"]
+    assert loaded.manifest["encoder_sha256"] == encoder.sha256
+    assert encoder.sha256 not in ("", None)
     assert {"documents", "passages", "built", "skipped"} <= set(loaded.manifest)
     assert sorted(os.listdir(loaded.path)) == ["asr", "bm25.json", "dense.faiss", "manifest.json", "passages.jsonl"]
     assert sorted(os.listdir(loaded.path / "asr")) == ["kb.dict", "kb.lm", "kb.words.json"]
@@ -90,3 +91,22 @@ def test_weighted_fusion_can_favour_one_ranker():
     assert even == [1, 2] and favour_first[0] == 1
     favour_second = [doc for doc, _ in reciprocal_rank_fusion([[1, 2], [2, 1]], k=60, weights=[1.0, 2.0])]
     assert favour_second[0] == 2
+
+
+def test_index_from_another_retriever_model_is_rebuilt_or_refused(tmp_path, config, encoder):
+    """Vectors from another encoder (e.g. an index kept across a model update) must never be
+    searched with this encoder's question vectors."""
+    from appliance.pipeline import QAPipeline
+
+    kb = make_kb(tmp_path / "kb")
+    build_index(kb, tmp_path / "index", encoder)
+    manifest_path = load_index(tmp_path / "index").path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["encoder_sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexMissingError, match="different retriever model"):
+        QAPipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=False)
+    pipeline = QAPipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=True)
+    assert pipeline.index.manifest["encoder_sha256"] == encoder.sha256
+    assert pipeline.index.path != manifest_path.parent
+    assert "two litres" in pipeline.ask("How do I prime the pump?").passage

@@ -31,7 +31,8 @@ def size_and_params(v: Variant, root: Path) -> tuple[int, int]:
                     if not key.endswith("position_ids"):
                         params += _numel(st.get_slice(key).get_shape())
         return sum(f.stat().st_size for f in files), params
-    return path.stat().st_size, onnx_parameters(path)
+    weights = v.weights_path(root)
+    return path.stat().st_size + (weights.stat().st_size if weights else 0), onnx_parameters(path)
 
 
 def _numel(shape) -> int:

@@ -47,6 +47,14 @@ class Variant:
         manifest = json.loads((root / self.model / "manifest.json").read_text())
         return root / self.model / (self.onnx or manifest["roles"]["onnx"])
 
+    def weights_path(self, root: Path = PROJECT_ROOT) -> Path | None:
+        """The packed-weights file of a clustered variant (manifest role "weights"), else None."""
+        if self.is_torch:
+            return None
+        manifest = json.loads((root / self.model / "manifest.json").read_text())
+        name = manifest["roles"].get("weights")
+        return root / self.model / name if name else None
+
     def exists(self, root: Path = PROJECT_ROOT) -> bool:
         try:
             return self.path(root).exists()
