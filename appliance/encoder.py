@@ -23,13 +23,11 @@ def make_session(path: Path, threads: int, packed_weights: Path | None = None) -
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    keep_alive = add_packed_weights(options, packed_weights) if packed_weights else []
+    keep_alive = add_packed_weights(options, packed_weights) if packed_weights else []  # noqa: F841 - until loaded
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind types; say which model failed
         raise ModelError(f"cannot load {path}: {exc}") from None
-    finally:
-        del keep_alive
 
 
 def model_fingerprint(manifest: dict, onnx_path: Path, weights: Path | None) -> str:

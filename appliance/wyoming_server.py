@@ -230,8 +230,6 @@ class ApplianceEventHandler(AsyncEventHandler):
 
 
 def build_service(config: Config, pipeline: QAPipeline) -> WyomingService:
-    from pathlib import Path
-
     from appliance.index import ADAPTATION_DIR
 
     sc = config.speech

@@ -110,7 +110,7 @@ def clusterable(model, min_size: int, keep: str = "") -> dict[str, int]:
     return {name: axis for name, axis in axes.items() if sizes[name] >= min_size}
 
 
-def activation_importance(model_path: Path, model, names: list[str], feeds: list[dict]) -> dict[str, np.ndarray]:
+def activation_importance(model, names: list[str], feeds: list[dict]) -> dict[str, np.ndarray]:
     """Weight name -> mean squared input activation per input feature, over real windows."""
     import onnx
     import onnxruntime as ort
@@ -122,7 +122,8 @@ def activation_importance(model_path: Path, model, names: list[str], feeds: list
             quantizer = producers.get(node.input[0])
             if quantizer is not None and quantizer.op_type == "DynamicQuantizeLinear":
                 inputs[node.input[1]] = quantizer.input[0]
-    probe = onnx.load(str(model_path))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)  # the loaded graph, with the activations added as outputs
     known = {o.name for o in probe.graph.output}
     for tensor in sorted(set(inputs.values()) - known):
         probe.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
@@ -179,7 +180,7 @@ def pack_model(src_onnx: Path, out: Path, clusters: dict[int, int], iterations: 
 
     model = onnx.load(str(src_onnx))
     axes = clusterable(model, min_size, keep)
-    importance = activation_importance(src_onnx, model, list(axes), feeds) if feeds else {}
+    importance = activation_importance(model, list(axes), feeds) if feeds else {}
     arrays: dict[str, np.ndarray] = {}
     tensors = []
     for i, tensor in enumerate(t for t in model.graph.initializer if t.name in axes):
@@ -222,13 +223,10 @@ def parity(src: Path, out: Path, feeds: list[dict]) -> dict:
             "max_abs_output": round(max(scale), 4)}
 
 
-def sample_feed(model_path: Path, tokenizer_path: Path) -> dict:
+def sample_feed(names: set[str], tokenizer_path: Path) -> dict:
     """One fixed (question, passage) window, for the parity check when nothing was calibrated."""
-    import onnx
-
     from appliance.windows import load_tokenizer
 
-    names = {i.name for i in onnx.load(str(model_path), load_external_data=False).graph.input}
     encoding = load_tokenizer(tokenizer_path).encode("How long does the Quick program take?",
                                                      "The Quick program takes 30 minutes at 45 degrees.")
     ids = np.array([encoding.ids], dtype=np.int64)
@@ -261,16 +259,16 @@ def main(argv: list[str] | None = None) -> None:
     src_onnx = src / (args.onnx or manifest["roles"]["onnx"])
     kept = copy_metadata(src, out)
     started = time.time()
+    import onnx
+
+    names = {i.name for i in onnx.load(str(src_onnx), load_external_data=False).graph.input}
     feeds = []
     if args.calibration:
-        import onnx
-
-        names = {i.name for i in onnx.load(str(src_onnx), load_external_data=False).graph.input}
         windows = calibration_windows(out / "tokenizer.json", args.calibration, args.calibration_data)
         feeds = WindowReader(windows, names, args.kind).feeds
     done = pack_model(src_onnx, out, {1: args.clusters, 0: args.embedding_clusters}, args.iterations,
                       args.min_size, feeds, args.keep)
-    check = parity(src_onnx, out, feeds[:8] or [sample_feed(src_onnx, out / "tokenizer.json")])
+    check = parity(src_onnx, out, feeds[:8] or [sample_feed(names, out / "tokenizer.json")])
     how = {"clusters_per_matmul_column": args.clusters, "clusters_per_embedding_row": args.embedding_clusters,
            "kept_int8": args.keep or None, "iterations": args.iterations, "min_size": args.min_size,
            "activation_weighted_on": f"{len(feeds)} windows of {args.calibration_data.name}" if feeds else None,

@@ -120,6 +120,34 @@ def optimizer_step(trainable: list, optimizer, scheduler) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def run_steps(train_step, start: int, total: int, max_minutes: float, checkpoint_every_min: float,
+              checkpoint, log) -> int:
+    """The shared training clock: ``train_step(step) -> (loss, items)`` until ``total`` steps or the
+    wall-clock budget, a JSON progress line a minute, ``checkpoint(step)`` every N minutes and at
+    the end. Returns the step reached."""
+    import time
+
+    started = last_log = last_ckpt = time.time()
+    step, seen = start, 0
+    while step < total:
+        if max_minutes and time.time() - started > max_minutes * 60:
+            log(json.dumps({"stopped": "time budget", "step": step}))
+            break
+        loss, items = train_step(step)
+        step, seen = step + 1, seen + items
+        now = time.time()
+        if now - last_log > 60 or step == total:
+            log(json.dumps({"step": step, "of": total, "loss": round(loss, 5),
+                            "items_per_s": round(seen / (now - started), 2),
+                            "elapsed_min": round((now - started) / 60, 1)}))
+            last_log = now
+        if now - last_ckpt > checkpoint_every_min * 60:
+            checkpoint(step)
+            last_ckpt = now
+    checkpoint(step)
+    return step
+
+
 def batch_inputs(tokenizer, texts: list[str], max_length: int):
     """Padded (ids, attention mask) tensors for a batch of texts (a `tokenizers` tokenizer)."""
     import torch

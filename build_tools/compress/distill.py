@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from appliance.windows import load_tokenizer
 from build_tools.compress.common import (count_parameters, load_model, optimizer_step, resumable_optimizer,
-                                         save_model)
+                                         run_steps, save_model)
 from build_tools.paths import DEFAULT_TRAIN_FILES
 from build_tools.squad import load_squad
 from build_tools.train_reader import bucketed_batches, build_features, collate, save_checkpoint
@@ -64,12 +64,8 @@ def distill_loop(student, teacher, features, batches, args, out: Path, log=print
     trainable, optimizer, scheduler, step = resumable_optimizer(student, args.lr, args.warmup, total_steps, ckpt, log)
     student.train()
     teacher.eval()
-    started = last_ckpt = last_log = time.time()
-    seen = 0
-    while step < total_steps:
-        if args.max_minutes and time.time() - started > args.max_minutes * 60:
-            log(json.dumps({"stopped": "time budget", "step": step}))
-            break
+
+    def train_step(step: int) -> tuple[float, int]:
         ids, types, mask, starts, ends = collate(features, batches[step], "cpu")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16 == "on"):
             with torch.no_grad():
@@ -78,18 +74,10 @@ def distill_loop(student, teacher, features, batches, args, out: Path, log=print
         loss = distill_loss(s_out, t_out, starts, ends, mask, args.temperature, args.alpha)
         loss.backward()
         optimizer_step(trainable, optimizer, scheduler)
-        seen += len(batches[step])
-        step += 1
-        now = time.time()
-        if now - last_log > 60 or step == total_steps:
-            log(json.dumps({"step": step, "of": total_steps, "loss": round(loss.item(), 4),
-                            "features_per_s": round(seen / (now - started), 2),
-                            "elapsed_min": round((now - started) / 60, 1)}))
-            last_log = now
-        if now - last_ckpt > args.checkpoint_every_min * 60:
-            save_checkpoint(ckpt, student, optimizer, scheduler, step)
-            last_ckpt = now
-    save_checkpoint(ckpt, student, optimizer, scheduler, step)
+        return loss.item(), len(batches[step])
+
+    step = run_steps(train_step, step, total_steps, args.max_minutes, args.checkpoint_every_min,
+                     lambda at: save_checkpoint(ckpt, student, optimizer, scheduler, at), log)
     student.eval()
     return step
 

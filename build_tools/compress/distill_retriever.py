@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from appliance.windows import load_tokenizer
 from build_tools.compress.common import (batch_inputs, count_parameters, load_model, optimizer_step,
-                                         resumable_optimizer, save_model)
+                                         resumable_optimizer, run_steps, save_model)
 from build_tools.compress.distill import make_student
 from build_tools.compress.vocab import corpus_texts
 from build_tools.paths import PROJECT_ROOT, SHARED_DATA, SQUAD_DIR
@@ -126,11 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = out / "checkpoint.pt"
     trainable, optimizer, scheduler, step = resumable_optimizer(student, args.lr, args.warmup, total, ckpt)
     student.train()
-    started = last_log = last_ckpt = time.time()
-    while step < total:
-        if args.max_minutes and time.time() - started > args.max_minutes * 60:
-            print(json.dumps({"stopped": "time budget", "step": step}), flush=True)
-            break
+
+    def train_step(step: int) -> tuple[float, int]:
         chunk = [texts[i] for i in batches[step]]
         with torch.no_grad():
             target = mean_pool(teacher, *batch_inputs(t_tok, chunk, args.max_length))
@@ -138,16 +135,12 @@ def main(argv: list[str] | None = None) -> None:
                               args.cosine_weight)
         loss.backward()
         optimizer_step(trainable, optimizer, scheduler)
-        step += 1
-        now = time.time()
-        if now - last_log > 60 or step == total:
-            print(json.dumps({"step": step, "of": total, "loss": round(loss.item(), 5),
-                              "elapsed_min": round((now - started) / 60, 1)}), flush=True)
-            last_log = now
-        if now - last_ckpt > args.checkpoint_every_min * 60:
-            save_checkpoint(ckpt, student, optimizer, scheduler, step)
-            last_ckpt = now
-    save_checkpoint(ckpt, student, optimizer, scheduler, step)
+        return loss.item(), len(chunk)
+
+    started = time.time()
+    step = run_steps(train_step, step, total, args.max_minutes, args.checkpoint_every_min,
+                     lambda at: save_checkpoint(ckpt, student, optimizer, scheduler, at),
+                     lambda line: print(line, flush=True))
     held_out = held_out_texts(args.eval_data, 256)
     record = {"teacher": str(teacher_dir), "student_init": str(student_dir), "layers": args.layers,
               "texts": [str(t) for t in args.texts], "text_count": len(texts), "steps": step, "planned_steps": total,
