@@ -1,13 +1,18 @@
-"""Fine-tune MiniLM-L6 with a span head on SQuAD(+unanswerable) data, on CPU or GPU.
+"""Fine-tune MiniLM-L6 with a span head for reading retrieved passages, on CPU or GPU.
 
-Dynamic padding with length-bucketed batches, optional bf16 autocast, periodic checkpoints
-with resume, and a wall-clock budget: the loop that makes CPU training practical.
+The job spans sessions: it resumes from its last checkpoint (model, optimiser, schedule, position
+in the data) in a folder outside the repository, and when that is gone warm-starts from the
+shipped reader's weights rather than from scratch. Dynamic padding with length-bucketed batches
+and bf16 autocast where the CPU has bf16 units (detected) make CPU training practical.
+
+Besides SQuAD v1.1 (+ SQuAD 2.0's first articles + SubjQA), it trains on the no-answer cases the
+box meets: the question paired with the passage of its own article that BM25 ranks highest but
+that does not hold the answer, labelled no-answer ([CLS]).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import time
@@ -16,9 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from appliance.bm25 import BM25
 from appliance.windows import Window, load_tokenizer, make_windows
-from build_tools.paths import DEFAULT_TRAIN_FILES, minilm_dir
+from build_tools.compress.common import run_steps
+from build_tools.paths import DEFAULT_TRAIN_FILES, PROJECT_ROOT, minilm_dir
 from build_tools.squad import SquadExample, load_squad
+from build_tools.training import (choose_bf16, default_train_dir, jemalloc_loaded, load_checkpoint, log_json,
+                                  save_checkpoint)
+
+SHIPPED_READER = PROJECT_ROOT / "models" / "reader"
 
 
 def label_window(window: Window, ex: SquadExample) -> tuple[int, int]:
@@ -88,43 +99,108 @@ def collate(features, idx: list[int], device: str):
     return to(ids), to(types), to(mask), starts.to(device), ends.to(device)
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optim": optimizer.state_dict(),
-                "sched": scheduler.state_dict(), "step": step}, tmp)
-    os.replace(tmp, path)
+def retrieved_negatives(examples: list[SquadExample], share: float, seed: int) -> list[SquadExample]:
+    """For a share of the answerable questions, the same question over the passage of its article
+    that BM25 ranks first among those without any gold answer text: labelled no-answer."""
+    rng = random.Random(seed)
+    by_article: dict[str, list[str]] = {}
+    for ex in examples:
+        contexts = by_article.setdefault(ex.title, [])
+        if not contexts or contexts[-1] != ex.context:
+            if ex.context not in contexts:
+                contexts.append(ex.context)
+    indexes: dict[str, BM25] = {}
+    negatives = []
+    for ex in examples:
+        if ex.is_impossible or rng.random() >= share:
+            continue
+        contexts = by_article[ex.title]
+        if len(contexts) < 2:
+            continue
+        index = indexes.get(ex.title) or indexes.setdefault(ex.title, BM25.build(contexts))
+        answers = [a.lower() for a in ex.answers]
+        for i in index.search(ex.question, 5):
+            text = contexts[i]
+            if text != ex.context and not any(a in text.lower() for a in answers):
+                negatives.append(SquadExample(ex.qid + "-retrieved-neg", ex.question, text, (), (), -1, ex.title))
+                break
+    return negatives
 
 
-def main(argv: list[str] | None = None) -> None:
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epochs: int) -> list[list[int]]:
+    """A fresh bucketed order per epoch, the same on every resume (seeded)."""
+    return [b for e in range(epochs) for b in bucketed_batches(lengths, batch_size, seed + 1000 * e)]
+
+
+def warm_start(model, source: Path) -> str:
+    """Initial weights when no checkpoint exists: the shipped reader's ONNX when there is one."""
+    from build_tools.onnx_import import load_onnx_weights
+
+    onnx_files = sorted(source.glob("*.onnx")) if source.is_dir() else []
+    if not onnx_files:
+        return "base model"
+    load_onnx_weights(model, onnx_files[0])
+    return str(onnx_files[0])
+
+
+def export_snapshot(checkpoint: Path, base: Path, out: Path) -> None:
+    """Write the model of a running job's checkpoint as a model dir (for evaluation mid-training)."""
+    from transformers import AutoModelForQuestionAnswering
+
+    model = AutoModelForQuestionAnswering.from_pretrained(base)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    model.save_pretrained(out)
+    shutil.copy(base / "tokenizer.json", out / "tokenizer.json")
+    (out / "training.json").write_text(json.dumps(state.get("record", {}), indent=2))
+    log_json(snapshot=str(out), step=state["step"])
+
+
+def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(prog="build_tools train-reader", description=__doc__)
     p.add_argument("--data", nargs="+", default=[str(f) for f in DEFAULT_TRAIN_FILES])
     p.add_argument("--base", default=None, help="HF model dir (default: the MiniLM-L6 package)")
-    p.add_argument("--out", default="build/reader-train")
-    p.add_argument("--max-length", type=int, default=384)
-    p.add_argument("--stride", type=int, default=128)
+    p.add_argument("--out", default=None, help="job folder (default: ~/.cache/appliance/train/reader)")
+    p.add_argument("--warm-start", default=str(SHIPPED_READER),
+                   help="model dir whose ONNX weights start a job that has no checkpoint ('none' = base model)")
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--stride", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1.5e-4)
-    p.add_argument("--warmup", type=float, default=0.1)
-    p.add_argument("--max-steps", type=int, default=0, help="0 = one epoch")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=float, default=0.03)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-steps", type=int, default=0, help="0 = all epochs")
     p.add_argument("--time-budget-min", type=float, default=0, help="stop after this long (0 = none)")
     p.add_argument("--checkpoint-every-min", type=float, default=10)
-    p.add_argument("--bf16", choices=["on", "off"], default="off")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="use only the first N examples (smoke tests)")
     p.add_argument("--keep-negative", type=float, default=0.3,
                    help="share of answer-less windows of answerable questions to keep")
+    p.add_argument("--retrieved-negatives", type=float, default=0.25,
+                   help="share of answerable questions also paired with a retrieved passage lacking the answer")
     p.add_argument("--train-word-embeddings", action="store_true",
                    help="also update the 30k-row embedding matrix (slower on CPU, little gain)")
     p.add_argument("--seed", type=int, default=13)
-    args = p.parse_args(argv)
+    p.add_argument("--export-snapshot", default=None, metavar="DIR",
+                   help="write the job's current checkpoint as a model dir and exit")
+    return p.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     from transformers import AutoModelForQuestionAnswering, get_linear_schedule_with_warmup
 
+    base = Path(args.base) if args.base else minilm_dir()
+    out = Path(args.out) if args.out else default_train_dir("reader")
+    ckpt = out / "checkpoint.pt"
+    if args.export_snapshot:
+        export_snapshot(ckpt, base, Path(args.export_snapshot))
+        return
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = Path(args.base) if args.base else minilm_dir()
-    out = Path(args.out)
+    use_bf16 = choose_bf16(args.bf16, device)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
@@ -132,39 +208,46 @@ def main(argv: list[str] | None = None) -> None:
     random.Random(args.seed).shuffle(examples)
     if args.limit:
         examples = examples[: args.limit]
+    negatives = retrieved_negatives(examples, args.retrieved_negatives, args.seed)
     tokenizer = load_tokenizer(base / "tokenizer.json")
-    features = build_features(examples, tokenizer, args.max_length, args.stride, args.keep_negative, args.seed)
-    batches = bucketed_batches([len(f[0]) for f in features], args.batch_size, args.seed)
+    features = build_features(examples + negatives, tokenizer, args.max_length, args.stride,
+                              args.keep_negative, args.seed)
+    lengths = [len(f[0]) for f in features]
+    steps_per_epoch = len(bucketed_batches(lengths, args.batch_size, args.seed))
+    batches = epoch_batches(lengths, args.batch_size, args.seed, args.epochs)
     total_steps = min(args.max_steps or len(batches), len(batches))
-    print(json.dumps({"examples": len(examples), "features": len(features), "batches": len(batches),
-                      "total_steps": total_steps, "prep_s": round(time.time() - t0, 1)}), flush=True)
+    log_json(examples=len(examples), retrieved_negatives=len(negatives), features=len(features),
+             steps_per_epoch=steps_per_epoch, total_steps=total_steps, bf16=use_bf16, device=device,
+             jemalloc=jemalloc_loaded(), threads=args.threads, prep_s=round(time.time() - t0, 1), out=str(out))
 
-    model = AutoModelForQuestionAnswering.from_pretrained(base, attn_implementation="sdpa").to(device)
+    model = AutoModelForQuestionAnswering.from_pretrained(base, attn_implementation="sdpa")
     if not args.train_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup * total_steps), total_steps)
-    ckpt = out / "checkpoint.pt"
+    record = {"base": str(base), "data": args.data, "features_per_epoch": len(features),
+              "retrieved_negatives": len(negatives), "epochs": args.epochs, "planned_steps": total_steps,
+              "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size, "lr": args.lr,
+              "keep_negative": args.keep_negative, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
     step = 0
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optim"])
-        scheduler.load_state_dict(state["sched"])
-        step = state["step"]
-        print(json.dumps({"resumed_at_step": step}), flush=True)
-
-    model.train()
+        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        step, record = state["step"], {**record, **state.get("record", {})}
+        log_json(resumed_at_step=step, windows_trained=record["windows_trained"])
+    else:
+        record["warm_start"] = warm_start(model, Path(args.warm_start)) if args.warm_start != "none" else "base model"
+        log_json(warm_start=record["warm_start"])
+    model.to(device).train()
     loss_fn = torch.nn.CrossEntropyLoss()
-    use_bf16 = args.bf16 == "on" or device == "cuda"
-    start_time = last_ckpt = last_log = time.time()
-    seen = 0
-    while step < total_steps:
-        if args.time_budget_min and time.time() - start_time > args.time_budget_min * 60:
-            print(json.dumps({"stopped": "time budget", "step": step}), flush=True)
-            break
-        ids, types, mask, starts, ends = collate(features, batches[step], device)
+    session = {"started_step": step, "bf16": use_bf16, "device": device, "jemalloc": jemalloc_loaded(),
+               "windows": 0, "minutes": 0.0}
+    record["sessions"] = [*record["sessions"], session]
+    started = time.time()
+    windows_before, minutes_before = record["windows_trained"], record["train_minutes"]
+
+    def train_step(i: int) -> tuple[float, int]:
+        ids, types, mask, starts, ends = collate(features, batches[i], device)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16):
             outputs = model(input_ids=ids, token_type_ids=types, attention_mask=mask)
         loss = (loss_fn(outputs.start_logits.float(), starts) + loss_fn(outputs.end_logits.float(), ends)) / 2
@@ -173,28 +256,25 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
-        seen += len(batches[step - 1])
-        now = time.time()
-        if now - last_log > 60 or step == total_steps:
-            print(json.dumps({"step": step, "of": total_steps, "loss": round(loss.item(), 4),
-                              "lr": scheduler.get_last_lr()[0], "features_per_s": round(seen / (now - start_time), 2),
-                              "elapsed_min": round((now - start_time) / 60, 1)}), flush=True)
-            last_log = now
-        if now - last_ckpt > args.checkpoint_every_min * 60:
-            save_checkpoint(ckpt, model, optimizer, scheduler, step)
-            last_ckpt = now
-    save_checkpoint(ckpt, model, optimizer, scheduler, step)
-    final = out / "final"
-    model.save_pretrained(final)
-    shutil.copy(base / "tokenizer.json", final / "tokenizer.json")
-    (final / "training.json").write_text(json.dumps({
-        "base": str(base), "data": args.data, "steps": step, "planned_steps": total_steps,
-        "features_seen": step * args.batch_size, "features_total": len(features),
-        "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size,
-        "lr": args.lr, "keep_negative": args.keep_negative, "bf16": use_bf16, "device": device,
-        "train_minutes": round((time.time() - start_time) / 60, 1)}, indent=2))
-    print(json.dumps({"saved": str(final), "steps": step}), flush=True)
+        session["windows"] += len(batches[i])
+        return loss.item(), len(batches[i])
+
+    def checkpoint(i: int) -> None:
+        session.update(ended_step=i, minutes=round((time.time() - started) / 60, 1))
+        session["windows_per_s"] = round(session["windows"] / max(time.time() - started, 1e-9), 2)
+        record.update(steps=i, windows_trained=windows_before + session["windows"],
+                      epochs_done=round(i / steps_per_epoch, 3),
+                      train_minutes=round(minutes_before + session["minutes"], 1))
+        save_checkpoint(ckpt, model, optimizer, scheduler, i, {"record": record})
+
+    step = run_steps(train_step, step, total_steps, args.time_budget_min, args.checkpoint_every_min, checkpoint,
+                     lambda line: print(line, flush=True), steps_per_epoch)
+    if step >= total_steps:
+        final = out / "final"
+        model.save_pretrained(final)
+        shutil.copy(base / "tokenizer.json", final / "tokenizer.json")
+        (final / "training.json").write_text(json.dumps(record, indent=2))
+        log_json(saved=str(final), steps=step)
 
 
 if __name__ == "__main__":

@@ -121,10 +121,10 @@ def optimizer_step(trainable: list, optimizer, scheduler) -> None:
 
 
 def run_steps(train_step, start: int, total: int, max_minutes: float, checkpoint_every_min: float,
-              checkpoint, log) -> int:
+              checkpoint, log, steps_per_epoch: int = 0) -> int:
     """The shared training clock: ``train_step(step) -> (loss, items)`` until ``total`` steps or the
-    wall-clock budget, a JSON progress line a minute, ``checkpoint(step)`` every N minutes and at
-    the end. Returns the step reached."""
+    wall-clock budget, a JSON progress line a minute (items/s, epoch, ETA), ``checkpoint(step)``
+    every N minutes and at the end. Returns the step reached."""
     import time
 
     started = last_log = last_ckpt = time.time()
@@ -137,15 +137,24 @@ def run_steps(train_step, start: int, total: int, max_minutes: float, checkpoint
         step, seen = step + 1, seen + items
         now = time.time()
         if now - last_log > 60 or step == total:
-            log(json.dumps({"step": step, "of": total, "loss": round(loss, 5),
-                            "items_per_s": round(seen / (now - started), 2),
-                            "elapsed_min": round((now - started) / 60, 1)}))
+            log(json.dumps(progress_line(step, total, start, loss, seen, now - started, steps_per_epoch)))
             last_log = now
         if now - last_ckpt > checkpoint_every_min * 60:
             checkpoint(step)
             last_ckpt = now
     checkpoint(step)
     return step
+
+
+def progress_line(step: int, total: int, start: int, loss: float, seen: int, elapsed_s: float,
+                  steps_per_epoch: int = 0) -> dict:
+    """Where a job stands: rate over this run, epoch fraction, and time left at that rate."""
+    rate = (step - start) / max(elapsed_s, 1e-9)
+    line = {"step": step, "of": total, "loss": round(loss, 5), "items_per_s": round(seen / max(elapsed_s, 1e-9), 2),
+            "elapsed_min": round(elapsed_s / 60, 1), "eta_min": round((total - step) / max(rate, 1e-9) / 60, 1)}
+    if steps_per_epoch:
+        line["epoch"] = round(step / steps_per_epoch, 3)
+    return line
 
 
 def batch_inputs(tokenizer, texts: list[str], max_length: int):

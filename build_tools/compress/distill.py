@@ -23,7 +23,8 @@ from build_tools.compress.common import (count_parameters, load_model, optimizer
                                          run_steps, save_model)
 from build_tools.paths import DEFAULT_TRAIN_FILES
 from build_tools.squad import load_squad
-from build_tools.train_reader import bucketed_batches, build_features, collate, save_checkpoint
+from build_tools.train_reader import bucketed_batches, build_features, collate
+from build_tools.training import save_checkpoint
 
 
 def make_student(teacher, layers: list[int]):

@@ -20,7 +20,7 @@ from build_tools.compress.common import (batch_inputs, count_parameters, load_mo
 from build_tools.compress.distill import make_student
 from build_tools.compress.vocab import corpus_texts
 from build_tools.paths import PROJECT_ROOT, SHARED_DATA, SQUAD_DIR
-from build_tools.train_reader import save_checkpoint
+from build_tools.training import save_checkpoint
 
 DEFAULT_TEXTS = [SQUAD_DIR / "train-v1.1.json.gz", PROJECT_ROOT / "knowledge",
                  SHARED_DATA / "medical" / "medquad_pairs_with_answers.json"]
