@@ -31,8 +31,9 @@ def load_verified_manifest(model_dir: Path) -> dict:
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ModelError(f"model manifest unreadable: {manifest_path} ({exc})") from None
+    _check_schema(manifest, manifest_path)
     rebuild = manifest.get("rebuild", "see README")
     for name, meta in files.items():
         path = model_dir / name
@@ -44,6 +45,28 @@ def load_verified_manifest(model_dir: Path) -> dict:
         if sha256_file(path) != meta["sha256"]:
             raise ModelError(f"model file corrupt (sha256 mismatch): {path}; rebuild it with: {rebuild}")
     return manifest
+
+
+def _check_schema(manifest, manifest_path: Path) -> None:
+    """files: {relative name: {"bytes": int, "sha256": hex str}}; roles: {role: listed file name}."""
+    problem = None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        problem = "'files' must be an object mapping file names to their size and sha256"
+    else:
+        for name, meta in files.items():
+            if (not isinstance(meta, dict) or type(meta.get("bytes")) is not int or meta["bytes"] < 0
+                    or not isinstance(meta.get("sha256"), str)):
+                problem = f"entry {name!r} of 'files' needs an integer 'bytes' and a string 'sha256'"
+            elif Path(name).is_absolute() or ".." in Path(name).parts:
+                problem = f"file name {name!r} leaves the model directory"
+            if problem:
+                break
+    roles = manifest.get("roles", {}) if isinstance(manifest, dict) else None
+    if problem is None and (not isinstance(roles, dict) or not all(isinstance(v, str) for v in roles.values())):
+        problem = "'roles' must be an object mapping roles to file names"
+    if problem:
+        raise ModelError(f"model manifest invalid: {manifest_path}: {problem}")
 
 
 def model_file(model_dir: Path, manifest: dict, role: str) -> Path:

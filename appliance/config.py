@@ -57,6 +57,7 @@ class ReaderConfig:
 @dataclass
 class AskConfig:
     max_question_chars: int = 500
+    max_question_tokens: int = 100  # longer questions are refused (must leave room for a passage window)
 
 
 @dataclass
@@ -87,6 +88,12 @@ class SpeechConfig:
 
 
 @dataclass
+class WyomingConfig:
+    max_text_chars: int = 20_000  # longer `synthesize` texts are refused with an error event
+    max_clients: int = 16  # connections beyond this get an error event and are closed
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -95,6 +102,7 @@ class Config:
     ask: AskConfig = field(default_factory=AskConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
 
     def resolve(self, path: Path) -> Path:
         """Relative paths in the config are relative to the project root."""
@@ -115,8 +123,10 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, key)
         elif isinstance(default, Path):
+            if not isinstance(value, str) or not value or "\x00" in value:
+                raise ConfigError(f"config key {key} must be a path (a non-empty string), got {value!r}")
             kwargs[name] = Path(value)
-        elif isinstance(default, bool) or not isinstance(value, type(default)):
+        elif isinstance(default, bool) or isinstance(value, bool) or not isinstance(value, type(default)):
             if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
                 kwargs[name] = float(value)
             elif type(value) is type(default):
@@ -140,4 +150,41 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    return _build(Config, values, "")
+    return validate(_build(Config, values, ""))
+
+
+# Allowed values: (low, high) inclusive, or a tuple of choices. Checked at load, so a bad value is
+# a clear error (exit 2) naming the key instead of a traceback or a silently odd box.
+LIMITS: dict[str, tuple] = {
+    "ingest.max_passage_words": (10, 2000), "ingest.max_file_bytes": (1, 2_000_000_000),
+    "retriever.top_k": (1, 50), "retriever.candidates": (1, 1000), "retriever.rrf_k": (1, 100_000),
+    "retriever.mode": ("hybrid", "dense", "bm25"), "retriever.dense_weight": (0.0, 100.0),
+    "retriever.max_length": (8, 512), "retriever.threads": (1, 256),
+    "reader.max_length": (32, 512), "reader.stride": (0, 511), "reader.max_answer_tokens": (1, 512),
+    "reader.threshold": (0.0, 1.0), "reader.rank_weight": (0.0, 10.0), "reader.threads": (1, 256),
+    "ask.max_question_chars": (1, 10_000), "ask.max_question_tokens": (1, 480),
+    "api.max_line_bytes": (256, 64 << 20),
+    "speech.listen": ("wake", "push-to-talk", "always"), "speech.wake_threshold": (1e-100, 1.0),
+    "speech.vad_threshold": (0.0, 1.0), "speech.end_silence_ms": (32, 10_000),
+    "speech.max_utterance_s": (0.5, 600.0), "speech.no_speech_timeout_s": (0.5, 600.0),
+    "speech.tts": ("auto", "espeak", "piper", "pyttsx3"), "speech.retry_max_s": (0.1, 86_400.0),
+    "wyoming.max_text_chars": (1, 1_000_000), "wyoming.max_clients": (1, 10_000),
+}
+
+
+def validate(config: Config) -> Config:
+    """Range and choice checks of every key in LIMITS, plus the ones that relate two keys."""
+    for key, allowed in LIMITS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if isinstance(allowed[0], str):
+            if value not in allowed:
+                raise ConfigError(f"config key {key} must be one of {', '.join(allowed)}; got {value!r}")
+        elif not allowed[0] <= value <= allowed[1]:  # NaN fails this too
+            raise ConfigError(f"config key {key} must be from {allowed[0]} to {allowed[1]}; got {value!r}")
+    r = config.reader
+    room = r.max_length - config.ask.max_question_tokens - 3  # [CLS] question [SEP] passage [SEP]
+    if r.stride >= room:
+        raise ConfigError(f"config key reader.stride must be below reader.max_length - ask.max_question_tokens - 3 "
+                          f"= {room} (the passage part of a window); got {r.stride}")
+    return config

@@ -57,7 +57,17 @@ class SentenceEncoder:
         weights = packed_weights_file(self.model_dir, self.manifest)
         self.session = make_session(onnx_path, threads, weights)
         self.input_names = {i.name for i in self.session.get_inputs()}
+        self._check_signature(onnx_path)
         self.sha256 = model_fingerprint(self.manifest, onnx_path, weights)
+
+    def _check_signature(self, onnx_path: Path) -> None:
+        """Token ids in, [batch, sequence, dim] hidden states out: another model's ONNX (the reader's,
+        say) in the retriever directory is refused here, not with a traceback at the first question."""
+        shape = self.session.get_outputs()[0].shape
+        if ("input_ids" not in self.input_names or len(shape) != 3
+                or (isinstance(shape[2], int) and shape[2] != self.dim)):
+            raise ModelError(f"{onnx_path} is not a sentence encoder (inputs {sorted(self.input_names)}, first output "
+                             f"shape {shape}, expected [batch, sequence, {self.dim}]); check paths.retriever_model")
 
     @property
     def dim(self) -> int:

@@ -28,3 +28,9 @@ class IndexMissingError(ApplianceError):
 
 class IngestError(ApplianceError):
     """One knowledge-base file could not be read; indexing skips it and goes on."""
+
+
+class StorageError(ApplianceError):
+    """The index cannot be written (disk full, read-only or no permission); the previous index is kept."""
+
+    exit_code = 5

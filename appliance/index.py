@@ -7,6 +7,7 @@ previous index intact, and a reader sees either the old or the new version, neve
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,13 +23,16 @@ import numpy as np
 
 from appliance.bm25 import BM25
 from appliance.encoder import SentenceEncoder
-from appliance.errors import IndexMissingError, IngestError
-from appliance.ingest import Passage, document_passages, escapes_root, iter_kb_files, read_document
+from appliance.errors import IndexMissingError, IngestError, StorageError
+from appliance.ingest import Passage, document_passages, escapes_root, iter_kb_files, read_document, safe_name
 
 log = logging.getLogger(__name__)
 CURRENT = "current"
 ADAPTATION_DIR = "asr"  # the speech recogniser's KB language model, dictionary and word list
 FILES = ("passages.jsonl", "dense.faiss", "bm25.json", "manifest.json")
+# The disk refused a write: the build fails as a whole and nothing is committed (a speech adaptation
+# that fails for another reason, such as espeak-ng missing, is skipped with a warning instead).
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
 
 
 @dataclass
@@ -53,7 +57,7 @@ def collect_passages(kb_dir: Path, max_words: int, max_bytes: int, summary: Inde
     passages: list[Passage] = []
     for path in iter_kb_files(kb_dir):
         if escapes_root(path, kb_dir):
-            summary.skipped.append(f"{path}: symlink leaves the knowledge-base root, not followed")
+            summary.skipped.append(f"{safe_name(path)}: symlink leaves the knowledge-base root, not followed")
             continue
         try:
             doc = read_document(path, kb_dir, max_bytes)
@@ -88,17 +92,20 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, max_wor
     if not passages:
         raise IndexMissingError(f"no readable documents in {kb_dir}; nothing indexed (index left as it was)")
 
-    index_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(index_dir)
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"
     tmp = index_dir / f".tmp-{stamp}"
-    tmp.mkdir()
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(index_dir)
+        tmp.mkdir()
+    except OSError as exc:
+        raise _storage_error(index_dir, exc) from None
     try:
         search_texts = [p.search_text() for p in passages]
         vectors = _encode_with_progress(encoder, search_texts, progress)
         dense = faiss.IndexFlatIP(vectors.shape[1])
         dense.add(vectors)
-        faiss.write_index(dense, str(tmp / "dense.faiss"))
+        _write_faiss(dense, tmp / "dense.faiss")
         BM25.build(search_texts).save(tmp / "bm25.json")
         with open(tmp / "passages.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in passages)
@@ -114,12 +121,29 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, max_wor
         final = index_dir / f"v-{stamp}"
         os.rename(tmp, final)
         _swap_current(index_dir, final.name)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _storage_error(index_dir, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _remove_old_versions(index_dir)
     summary.passages, summary.seconds, summary.path = len(passages), round(time.time() - started, 2), str(index_dir)
     return summary
+
+
+def _storage_error(index_dir: Path, exc: OSError) -> StorageError:
+    reason = exc.strerror or str(exc)
+    return StorageError(f"cannot write the index at {index_dir} ({reason}); nothing was committed and the previous "
+                        f"index, if any, is still in use. Free space or make the folder writable, then rebuild.")
+
+
+def _write_faiss(dense: faiss.Index, path: Path) -> None:
+    """faiss reports a failed write as RuntimeError; say what the file system said instead."""
+    try:
+        faiss.write_index(dense, str(path))
+    except RuntimeError as exc:
+        raise OSError(errno.EIO, f"writing {path.name} failed ({str(exc).strip().splitlines()[-1][:200]})") from None
 
 
 def _build_speech_adaptation(passages: list[Passage], out_dir: Path) -> dict | None:
@@ -132,6 +156,8 @@ def _build_speech_adaptation(passages: list[Passage], out_dir: Path) -> dict | N
         return build_adaptation([p.text for p in passages], headings,
                                 pocketsphinx_model_dir() / "cmudict-en-us.dict", out_dir)
     except (OSError, ImportError, ValueError, subprocess.SubprocessError) as exc:
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            raise  # a full or read-only disk fails the build: never commit an index without its adaptation
         log.warning("speech adaptation skipped: %s", exc)
         shutil.rmtree(out_dir, ignore_errors=True)
         return None
