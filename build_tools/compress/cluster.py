@@ -206,23 +206,6 @@ def pack_model(src_onnx: Path, out: Path, clusters: dict[int, int], iterations: 
     return {"tensors": tensors, "weights": int(sum(np.prod(t["shape"]) for t in tensors))}
 
 
-def parity(src: Path, out: Path, feeds: list[dict]) -> dict:
-    """How far the packed model's outputs move from the int8 model's, on real windows."""
-    import onnxruntime as ort
-
-    from appliance.encoder import make_session
-
-    reference = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-    packed = make_session(out / "model.onnx", 1, out / "weights.npz")
-    diffs, scale = [], []
-    for feed in feeds:
-        for a, b in zip(reference.run(None, feed), packed.run(None, feed)):
-            diffs.append(float(np.max(np.abs(a - b))))
-            scale.append(float(np.max(np.abs(a))))
-    return {"windows": len(feeds), "max_abs_output_change": round(max(diffs), 4),
-            "max_abs_output": round(max(scale), 4)}
-
-
 def sample_feed(names: set[str], tokenizer_path: Path) -> dict:
     """One fixed (question, passage) window, for the parity check when nothing was calibrated."""
     from appliance.windows import load_tokenizer
@@ -237,6 +220,7 @@ def sample_feed(names: set[str], tokenizer_path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     from build_tools.compress.quantize import CALIBRATION_DATA, WindowReader, calibration_windows, copy_metadata
+    from build_tools.onnx_export import onnx_runner, parity
 
     p = argparse.ArgumentParser(prog="build_tools cluster", description=__doc__)
     p.add_argument("--model", required=True, help="int8 model dir (export-reader, quantize, fuse)")
@@ -268,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         feeds = WindowReader(windows, names, args.kind).feeds
     done = pack_model(src_onnx, out, {1: args.clusters, 0: args.embedding_clusters}, args.iterations,
                       args.min_size, feeds, args.keep)
-    check = parity(src_onnx, out, feeds[:8] or [sample_feed(names, out / "tokenizer.json")])
+    check = parity(onnx_runner(src_onnx, args.kind), onnx_runner(out / "model.onnx", args.kind, out / "weights.npz"),
+                   feeds[:8] or [sample_feed(names, out / "tokenizer.json")], args.kind)
     how = {"clusters_per_matmul_column": args.clusters, "clusters_per_embedding_row": args.embedding_clusters,
            "kept_int8": args.keep or None, "iterations": args.iterations, "min_size": args.min_size,
            "activation_weighted_on": f"{len(feeds)} windows of {args.calibration_data.name}" if feeds else None,

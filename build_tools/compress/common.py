@@ -92,21 +92,20 @@ def write_json(path: Path, data: dict) -> None:
 
 def resumable_optimizer(student, lr: float, warmup: float, total_steps: int, ckpt: Path, log=print):
     """AdamW over all but the (frozen) word embeddings with linear warm-up/decay, resumed from
-    ``ckpt`` when it exists: (trainable parameters, optimizer, scheduler, step)."""
+    ``ckpt`` when it exists (training.load_checkpoint, the resume train-reader uses):
+    (trainable parameters, optimizer, scheduler, step)."""
     import torch
     from transformers import get_linear_schedule_with_warmup
+
+    from build_tools.training import load_checkpoint
 
     student.get_input_embeddings().weight.requires_grad_(False)
     trainable = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup * total_steps), total_steps)
     step = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu")
-        student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optim"])
-        scheduler.load_state_dict(state["sched"])
-        step = state["step"]
+    if ckpt.exists():  # written by training.save_checkpoint (run_steps' checkpoint callback)
+        step = load_checkpoint(ckpt, student, optimizer, scheduler)["step"]
         log(json.dumps({"resumed_at_step": step}))
     return trainable, optimizer, scheduler, step
 

@@ -9,10 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from build_tools.manifest import invocation, write_manifest
-from build_tools.onnx_export import quantize_int8
+from build_tools.onnx_export import quantize_int8, sample_windows, window_feed
 from build_tools.paths import SQUAD_DIR
 
 CALIBRATION_DATA = SQUAD_DIR / "train-v2.0-first10-articles.json"
@@ -22,12 +20,7 @@ class WindowReader:
     """onnxruntime CalibrationDataReader over real windows, one window per batch."""
 
     def __init__(self, windows, input_names: set[str], kind: str):
-        self.feeds = []
-        for w in windows:
-            ids = w.input_ids[None]
-            types = w.token_type_ids[None] if kind == "reader" else np.zeros_like(ids)
-            feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": types}
-            self.feeds.append({k: v for k, v in feed.items() if k in input_names})
+        self.feeds = [{k: v for k, v in window_feed(w, kind).items() if k in input_names} for w in windows]
         self.position = 0
 
     def get_next(self):
@@ -44,7 +37,6 @@ def calibration_windows(tokenizer_path: Path, n: int, data: Path = CALIBRATION_D
     """n windows of randomly chosen (question, passage) pairs of the calibration file."""
     import random
 
-    from build_tools.compress.export import sample_windows
     from build_tools.squad import load_squad
 
     total = len(load_squad(data))

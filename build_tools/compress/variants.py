@@ -86,7 +86,7 @@ def _evaluate_reader(v: Variant, data: Path, limit: int, root: Path, threads: in
     examples = load_squad(data)[: limit or None]
     cfg = Config().reader
     if v.is_torch:
-        from benchmarks.compression import TorchReader
+        from build_tools.torch_reader import TorchReader
 
         reader = TorchReader(v.torch_dir(root), threads, cfg.max_length, cfg.stride, cfg.max_answer_tokens)
     else:
