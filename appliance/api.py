@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, is_fatal
 from appliance.index import kb_outline
 from appliance.pipeline import QAPipeline
 from appliance.service import notify, watchdog_period
@@ -34,6 +34,38 @@ MAX_EVENT_BACKLOG = 1 << 20  # a subscriber that lets this much pile up unread i
 
 def error(message: str, code: str, request_id: Any = None) -> dict:
     return {"type": "error", "id": request_id, "code": code, "error": message}
+
+
+def encode_line(message: dict) -> bytes:
+    """One JSON line that is always valid: no NaN/Infinity, and a lone surrogate (which UTF-8
+    cannot carry) sent as its JSON escape."""
+    try:
+        text = json.dumps(message, ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(message, ensure_ascii=True, allow_nan=False).encode("ascii") + b"\n"
+    except (ValueError, TypeError, RecursionError) as exc:  # not JSON-representable: say so, validly
+        log.error("reply not JSON-representable: %s", exc)
+        return encode_line(error("internal error: reply could not be encoded", "internal"))
+
+
+def valid_id(request_id: Any) -> bool:
+    """An id is echoed back, so it must be representable: finite numbers, strings, null, ..."""
+    try:
+        json.dumps(request_id, allow_nan=False)
+        return True
+    except (ValueError, TypeError, RecursionError):
+        return False
+
+
+def _request_id(line: bytes) -> Any:
+    """The id of a request line, for a reply sent without parsing it again; None when unusable."""
+    try:
+        request = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    request_id = request.get("id") if isinstance(request, dict) else None
+    return request_id if valid_id(request_id) else None
 
 
 def socket_in_use(path: Path) -> bool:
@@ -57,6 +89,8 @@ class ApiServer:
         self.subscribers: set[asyncio.StreamWriter] = set()
         self.on_listen: Callable[[], bool] | None = None  # push-to-talk hook, set when a microphone loop runs
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[asyncio.StreamWriter, bytes] = {}  # request line each client waits on
+        self._stopping = False
         self._outline = [d.to_json() for d in kb_outline(pipeline.index.passages)]
 
     async def start(self) -> None:
@@ -75,6 +109,12 @@ class ApiServer:
         os.chmod(self.socket_path, 0o660)
 
     async def close(self) -> None:
+        self._stopping = True
+        for writer, line in list(self._pending.items()):  # queued clients get an answer, not a bare EOF
+            self._pending.pop(writer, None)
+            if not writer.is_closing():
+                writer.write(encode_line(error("the server is shutting down; ask again when it is back",
+                                               "shutting_down", _request_id(line))))
         if self.server:
             self.server.close()
             for writer in list(self.clients):  # Python 3.11's wait_closed does not end open connections
@@ -93,9 +133,16 @@ class ApiServer:
                 except (asyncio.LimitOverrunError, ValueError):
                     await self._send(writer, error(f"request line over {self.max_line_bytes} bytes", "line_too_long"))
                     break
-                if not line:
+                if not line or self._stopping:
                     break
-                response = await self.respond(line)
+                self._pending[writer] = line
+                try:
+                    response = await self.respond(line)
+                finally:
+                    answered_by_shutdown = writer not in self._pending
+                    self._pending.pop(writer, None)
+                if answered_by_shutdown:
+                    break
                 if response.get("type") == "subscribed":
                     self.subscribers.add(writer)
                 await self._send(writer, response)
@@ -116,7 +163,7 @@ class ApiServer:
             self._loop.call_soon_threadsafe(self._broadcast, event)
 
     def _broadcast(self, event: dict) -> None:
-        line = json.dumps({"type": "event", **event}, ensure_ascii=False).encode("utf-8") + b"\n"
+        line = encode_line({"type": "event", **event})
         for writer in list(self.subscribers):
             if writer.is_closing() or writer.transport.get_write_buffer_size() > MAX_EVENT_BACKLOG:
                 self.subscribers.discard(writer)  # gone or not reading: stop queueing for it
@@ -126,17 +173,31 @@ class ApiServer:
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, message: dict) -> None:
-        writer.write(json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n")
+        writer.write(encode_line(message))
         await writer.drain()
 
     async def respond(self, line: bytes) -> dict:
+        """Exactly one reply per request line, whatever the line holds."""
+        try:
+            return await self._respond(line)
+        except BaseException as exc:
+            if is_fatal(exc):
+                raise
+            log.exception("request failed")
+            return error(f"internal error: {type(exc).__name__}", "internal")
+
+    async def _respond(self, line: bytes) -> dict:
         try:
             request = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return error(f"malformed JSON: {exc}", "malformed")
+        except RecursionError:
+            return error("malformed JSON: nested too deeply", "malformed")
         if not isinstance(request, dict):
             return error("a request must be a JSON object", "malformed")
         request_id, kind = request.get("id"), request.get("type")
+        if not valid_id(request_id):
+            return error("'id' must be a string, a finite number, true/false or null", "bad_request")
         if kind == "ping":
             return {"type": "pong", "id": request_id}
         if kind == "outline":
@@ -160,7 +221,9 @@ class ApiServer:
             answer = await asyncio.get_running_loop().run_in_executor(self.executor, self.pipeline.ask, question, top_k)
         except ApplianceError as exc:
             return error(str(exc), type(exc).__name__, request_id)
-        except Exception as exc:  # a bug must not take the daemon down; it is logged with its traceback
+        except BaseException as exc:  # a bug or a library panic must not take the daemon down
+            if is_fatal(exc):
+                raise
             log.exception("ask failed")
             return error(f"internal error: {type(exc).__name__}", "internal", request_id)
         log.info(json.dumps({"event": "answered", "abstained": answer.abstained, "confidence": answer.confidence,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from appliance.config import CONFIG_ENV, load_config
-from appliance.errors import ApplianceError, ConfigError
+from appliance.errors import ApplianceError, ConfigError, is_fatal
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -205,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:  # a bug or a native library's panic: one clear line, not a traceback
+        if is_fatal(exc):
+            raise
+        logging.getLogger("appliance").debug("internal error", exc_info=True)
+        print(f"error: internal error ({type(exc).__name__}: {str(exc)[:300]})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

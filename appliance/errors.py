@@ -34,3 +34,11 @@ class StorageError(ApplianceError):
     """The index cannot be written (disk full, read-only or no permission); the previous index is kept."""
 
     exit_code = 5
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Exceptions a front end must let through (Ctrl-C, exit, task cancellation). Everything else,
+    including a native library's panic (a BaseException), becomes an error reply."""
+    import asyncio
+
+    return isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError))

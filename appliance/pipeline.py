@@ -91,8 +91,18 @@ class QAPipeline:
                     self.config.ingest.max_file_bytes)
         return load_index(self.index_dir)
 
+    def check_question_tokens(self, question: str) -> None:
+        """BadQuestionError for a question too long for the reader's window: 249 one-letter words are
+        under the character limit but would leave no room for the passage (a tokenizer panic)."""
+        limit = self.config.ask.max_question_tokens
+        count = len(self.reader.tokenizer.encode(question, add_special_tokens=False).ids)
+        if count > limit:
+            raise BadQuestionError(f"the question is {count} tokens long; the limit is {limit} "
+                                   f"(ask it in fewer words)")
+
     def ask(self, question: str, top_k: int | None = None) -> Answer:
         question = normalize_question(question, self.config.ask.max_question_chars)
+        self.check_question_tokens(question)
         top_k = top_k or self.config.retriever.top_k
         t0 = time.perf_counter()
         hits = self.retriever.search(question, top_k)

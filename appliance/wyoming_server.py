@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
 from wyoming.error import Error
@@ -38,18 +37,61 @@ from wyoming.tts import Synthesize
 
 from appliance import __version__
 from appliance.config import Config
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, is_fatal
 from appliance.pipeline import QAPipeline
 from appliance.speech.adapt import Adaptation
 from appliance.speech.asr import Recognizer, create_recognizer
 from appliance.speech.audio import SAMPLE_RATE, from_int16_bytes, to_int16_bytes
-from appliance.speech.tts import Synthesizer, create_synthesizer
+from appliance.speech.tts import Synthesizer, create_synthesizer, sentences
 
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 1 << 20
 MAX_PAYLOAD_BYTES = 16 << 20
 TTS_CHUNK_SECONDS = 0.5
+MAX_PIECE_CHARS = 300  # a sentence longer than this is synthesised in word-boundary pieces
+AUDIO_WIDTHS = (1, 2, 3, 4)  # bytes per sample that the converter handles
+AUDIO_RATES = (1000, 192_000)
+KEEP_IDLE_RECOGNIZERS = 1  # warm recognisers kept between clients; the rest are freed when clients leave
+
+
+def speakable_pieces(text: str, max_chars: int = MAX_PIECE_CHARS) -> list[str]:
+    """Sentences, with any longer than ``max_chars`` cut at word boundaries: audio streams piece by
+    piece, so the first piece bounds the time to the first chunk and each piece bounds memory."""
+    pieces: list[str] = []
+    for sentence in sentences(text):
+        while len(sentence) > max_chars:
+            cut = sentence.rfind(" ", 0, max_chars)
+            cut = cut if cut > 0 else max_chars
+            pieces.append(sentence[:cut])
+            sentence = sentence[cut:].lstrip()
+        if sentence:
+            pieces.append(sentence)
+    return pieces
+
+
+def audio_format_problem(data: dict) -> str | None:
+    """Why an audio-start/-chunk's format cannot be converted (rate 0 crashed the converter), or None."""
+    rate, width, channels = data.get("rate"), data.get("width"), data.get("channels")
+    if not (type(rate) is int and AUDIO_RATES[0] <= rate <= AUDIO_RATES[1]):
+        return f"'rate' must be an integer from {AUDIO_RATES[0]} to {AUDIO_RATES[1]} Hz, got {rate!r}"
+    if not (type(width) is int and width in AUDIO_WIDTHS):
+        return f"'width' must be 1, 2, 3 or 4 bytes, got {width!r}"
+    if not (type(channels) is int and channels in (1, 2)):
+        return f"'channels' must be 1 or 2, got {channels!r}"
+    return None
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the system (glibc keeps it otherwise), so RSS falls when clients leave."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
 
 
 class WyomingService:
@@ -60,6 +102,7 @@ class WyomingService:
         self.config, self.pipeline, self.synthesizer = config, pipeline, synthesizer
         self.make_recognizer = make_recognizer
         self.idle: list[Recognizer] = []
+        self.clients = 0  # open connections, capped by wyoming.max_clients
         self.qa = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qa")  # one model call at a time
         self.speech = ThreadPoolExecutor(max_workers=2, thread_name_prefix="speech")
         self.asr_name = "pocketsphinx"  # set from the first recogniser built
@@ -68,7 +111,9 @@ class WyomingService:
         return self.idle.pop() if self.idle else self.make_recognizer()
 
     def give_back(self, recognizer: Recognizer) -> None:
-        self.idle.append(recognizer)
+        """Keep a warm one for the next client; free the rest (30 clients must not pin 30 recognisers)."""
+        if len(self.idle) < KEEP_IDLE_RECOGNIZERS:
+            self.idle.append(recognizer)
 
     def info(self) -> Info:
         attribution = Attribution(name="appliance", url="https://example.invalid/appliance")
@@ -101,24 +146,29 @@ async def read_event(reader: asyncio.StreamReader) -> Event | str | None:
         return None
     try:
         header = json.loads(line)
-        if not isinstance(header, dict) or not isinstance(header.get("type"), str):
-            return "an event header must be a JSON object with a string 'type'"
-        data = header.get("data") or {}
-        data_length, payload_length = header.get("data_length") or 0, header.get("payload_length") or 0
-        if not isinstance(data, dict) or not all(isinstance(n, int) and 0 <= n <= MAX_PAYLOAD_BYTES
-                                                 for n in (data_length, payload_length)):
-            return "bad 'data', 'data_length' or 'payload_length'"
+    except RecursionError:
+        return "malformed event header: nested too deeply"
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return f"malformed event header: {exc}"
-    if data_length:
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        return "an event header must be a JSON object with a string 'type'"
+    data = header.get("data") or {}
+    data_length, payload_length = header.get("data_length") or 0, header.get("payload_length") or 0
+    if not isinstance(data, dict) or not all(type(n) is int and 0 <= n <= MAX_PAYLOAD_BYTES
+                                             for n in (data_length, payload_length)):
+        return "bad 'data', 'data_length' or 'payload_length'"
+    raw = await reader.readexactly(data_length) if data_length else b""
+    payload = await reader.readexactly(payload_length) if payload_length else None  # read even if the data is bad
+    if raw:
         try:
-            extra = json.loads(await reader.readexactly(data_length))
+            extra = json.loads(raw)
+        except RecursionError:
+            return "malformed event data: nested too deeply"
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return f"malformed event data: {exc}"
         if not isinstance(extra, dict):
             return "event data must be a JSON object"
         data.update(extra)
-    payload = await reader.readexactly(payload_length) if payload_length else None
     return Event(type=header["type"], data=data, payload=payload)
 
 
@@ -129,8 +179,24 @@ class ApplianceEventHandler(AsyncEventHandler):
         self.recognizer: Recognizer | None = None
         self.converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)
 
+    async def error(self, text: str, code: str) -> None:
+        """An error event; text that UTF-8 cannot carry (a lone surrogate from the client) is escaped."""
+        await self.write_event(Error(text=text.encode("utf-8", "backslashreplace").decode("utf-8"), code=code).event())
+
     async def run(self) -> None:
-        """Like the base class, but a malformed event is answered instead of ending the connection."""
+        """Like the base class, but a malformed event is answered instead of ending the connection;
+        connections over ``wyoming.max_clients`` are told so and closed."""
+        service = self.service
+        if service.clients >= service.config.wyoming.max_clients:
+            try:
+                await self.error(f"too many clients (the limit is {service.config.wyoming.max_clients}); "
+                                 "try again later", "too_many_clients")
+            except ConnectionError:
+                pass
+            finally:
+                self.writer.close()
+            return
+        service.clients += 1
         try:
             while True:
                 try:
@@ -147,12 +213,22 @@ class ApplianceEventHandler(AsyncEventHandler):
                     if not await self.handle_event(event):
                         break
                 except (KeyError, TypeError, ValueError) as exc:
-                    await self.write_event(Error(text=f"bad {event.type} event: {exc}", code="bad_event").event())
+                    await self.error(f"bad {event.type} event: {exc}", "bad_event")
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    raise
+                except BaseException as exc:  # a bug or a library panic: this client hears of it, others go on
+                    if is_fatal(exc):
+                        raise
+                    log.exception("wyoming %s event failed", event.type)
+                    await self.error(f"internal error handling {event.type}: {type(exc).__name__}", "internal")
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            service.clients -= 1
             await self.disconnect()
             self.writer.close()
+            if service.clients == 0:
+                release_memory()
 
     async def disconnect(self) -> None:
         if self.recognizer is not None:  # an unfinished transcription: the recogniser is reusable after start()
@@ -165,17 +241,23 @@ class ApplianceEventHandler(AsyncEventHandler):
         elif Transcribe.is_type(event.type):
             pass  # one model and language; the audio that follows is what matters
         elif AudioStart.is_type(event.type):
-            await self._start_transcription()
+            if problem := audio_format_problem(event.data):
+                await self.error(f"bad audio-start: {problem}", "bad_audio_format")
+            else:
+                await self._start_transcription()
         elif AudioChunk.is_type(event.type):
-            await self._feed(AudioChunk.from_event(event))
+            if problem := audio_format_problem(event.data):
+                await self.error(f"bad audio-chunk: {problem}", "bad_audio_format")
+            else:
+                await self._feed(AudioChunk.from_event(event))
         elif AudioStop.is_type(event.type):
             await self._finish_transcription()
         elif Synthesize.is_type(event.type):
-            await self._synthesize(Synthesize.from_event(event).text)
+            await self._synthesize(event.data.get("text"))
         elif Transcript.is_type(event.type):
             await self._answer(Transcript.from_event(event).text)
         else:
-            await self.write_event(Error(text=f"unsupported event type {event.type!r}", code="unsupported").event())
+            await self.error(f"unsupported event type {event.type!r}", "unsupported")
         return True
 
     async def _in_thread(self, pool, fn, *args):
@@ -190,6 +272,8 @@ class ApplianceEventHandler(AsyncEventHandler):
         if self.recognizer is None:
             await self.write_event(Error(text="audio-chunk before audio-start", code="no_audio_start").event())
             return
+        frame = chunk.width * chunk.channels
+        chunk.audio = (chunk.audio or b"")[: len(chunk.audio or b"") // frame * frame]  # whole frames only
         pcm = self.converter.convert(chunk).audio
         await self._in_thread(self.service.speech, self.recognizer.feed, from_int16_bytes(pcm[: len(pcm) // 2 * 2]))
 
@@ -202,25 +286,42 @@ class ApplianceEventHandler(AsyncEventHandler):
         self.recognizer = None
         await self.write_event(Transcript(text=transcript.text).event())
 
-    async def _synthesize(self, text: str) -> None:
-        if not text.strip():
-            await self.write_event(Error(text="nothing to synthesize", code="empty_text").event())
+    async def _synthesize(self, text) -> None:
+        """Audio streams out sentence by sentence: the first chunk leaves once the first sentence is
+        synthesised, and memory holds one sentence's audio, not the whole text's."""
+        limit = self.service.config.wyoming.max_text_chars
+        if not isinstance(text, str):
+            await self.error(f"'text' must be a string, got {type(text).__name__}", "bad_text")
             return
-        parts = await self._in_thread(self.service.speech, lambda: list(self.service.synthesizer.synthesize(text)))
-        rate = parts[0].rate
-        samples = np.concatenate([p.samples for p in parts])
-        await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
-        step = int(rate * TTS_CHUNK_SECONDS)
-        for i in range(0, len(samples), step):
-            await self.write_event(AudioChunk(rate=rate, width=2, channels=1,
-                                              audio=to_int16_bytes(samples[i:i + step])).event())
+        if len(text) > limit:
+            await self.error(f"text of {len(text)} characters is over the {limit}-character limit", "text_too_long")
+            return
+        pieces = speakable_pieces(text)
+        if not pieces:
+            await self.error("nothing to synthesize", "empty_text")
+            return
+        rate = None
+        for piece in pieces:
+            parts = await self._in_thread(self.service.speech, lambda p=piece: list(self.service.synthesizer.synthesize(p)))
+            for audio in parts:
+                if rate is None:
+                    rate = audio.rate
+                    await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
+                step = int(rate * TTS_CHUNK_SECONDS)
+                for i in range(0, len(audio.samples), step):
+                    await self.write_event(AudioChunk(rate=rate, width=2, channels=1,
+                                                      audio=to_int16_bytes(audio.samples[i:i + step])).event())
+        if rate is None:
+            await self.error("the synthesizer produced no audio", "empty_audio")
+            return
         await self.write_event(AudioStop().event())
 
     async def _answer(self, question: str) -> None:
         try:
             answer = await self._in_thread(self.service.qa, self.service.pipeline.ask, question)
         except ApplianceError as exc:
-            await self.write_event(NotHandled(text=f"I can't answer that: {exc}").event())
+            reason = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
+            await self.write_event(NotHandled(text=f"I can't answer that: {reason}").event())
             return
         context = {"source": answer.source.citation if answer.source else None, "confidence": answer.confidence}
         if answer.abstained:

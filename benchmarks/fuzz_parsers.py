@@ -1,10 +1,12 @@
-"""Mutational fuzzing of the knowledge-base parsers (SPL XML, HTML, PDF, Markdown), outside CI.
+"""Mutational fuzzing of the knowledge-base parsers (SPL XML, HTML, PDF, Markdown), outside CI;
+``--target api`` / ``--target wyoming`` fuzz the socket API's and the Wyoming server's message
+handlers instead (structure-aware, see benchmarks/fuzz_protocols.py).
 
 Seeds are real documents; mutations flip bytes, truncate, splice, duplicate and nest markup.
 The only acceptable outcomes are a parsed document or an IngestError: anything else (another
 exception, a hang) is a finding, saved to tests/data/fuzz-corpus/ where a test replays it.
 
-    python -m benchmarks.fuzz_parsers --seconds 300 [--seed 1]
+    python -m benchmarks.fuzz_parsers --seconds 300 [--seed 1] [--target parsers|api|wyoming]
 """
 from __future__ import annotations
 
@@ -98,8 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--per-input-limit", type=float, default=10.0)
     p.add_argument("--keep-bytes", type=int, default=16_000, help="largest input kept in the corpus")
+    p.add_argument("--target", choices=["parsers", "api", "wyoming"], default="parsers")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
+    if args.target != "parsers":
+        return fuzz_protocol(args, rng)
     pools = seeds()
     everything = [d for group in pools.values() for d in group]
     CORPUS.mkdir(parents=True, exist_ok=True)
@@ -121,6 +126,25 @@ def main(argv: list[str] | None = None) -> None:
                 (CORPUS / f"{digest}-{_slug(outcome)}").write_bytes(data)
     print(json.dumps({"inputs": tried, "seconds": args.seconds, "corpus": len(known), "findings": findings},
                      indent=2))
+
+
+def fuzz_protocol(args, rng: random.Random) -> None:
+    from appliance.config import load_config
+    from appliance.pipeline import QAPipeline
+    from benchmarks.fuzz_protocols import fuzz_api, fuzz_wyoming
+
+    config = load_config(None)
+    pipeline = QAPipeline(config)  # loading is not counted in the run's seconds
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.time()
+        deadline = started + args.seconds
+        if args.target == "api":
+            result = fuzz_api(pipeline, Path(tmp), rng, deadline, args.keep_bytes)
+        else:
+            result = fuzz_wyoming(config, pipeline, Path(tmp), rng, deadline, args.keep_bytes)
+        elapsed = time.time() - started
+    print(json.dumps({"target": args.target, "seconds": round(elapsed, 1),
+                      "inputs_per_s": round(result["inputs"] / elapsed, 1), **result}, indent=2))
 
 
 def _slug(outcome: str) -> str:
