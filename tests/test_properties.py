@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.errors import BadQuestionError, IngestError
-from appliance.ingest import Document, Section, document_passages, read_document, read_html, read_markdown
+from appliance.ingest import (Document, Section, document_passages, read_document, read_html, read_markdown,
+                              read_text)
 from appliance.pipeline import normalize_question
 
 words = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x24F, exclude_characters="#"), min_size=1, max_size=12)
@@ -39,11 +40,32 @@ def test_any_bytes_either_parse_or_raise_ingest_error(tmp_path, data):
 
 @given(st.text(max_size=3000))
 def test_markdown_and_html_readers_never_crash_on_text(text):
+    """Any text: a document (titled, no empty sections, all text encodable) or an IngestError naming the file."""
     for reader in (read_markdown, read_html):
         try:
-            reader(text.encode("utf-8"), Path("doc"))
-        except IngestError:
-            pass
+            doc = reader(text.encode("utf-8"), Path("odd-notes.txt"))
+        except IngestError as exc:
+            assert "odd-notes.txt" in str(exc)
+            continue
+        assert doc.title.strip()  # the file name when the text has none
+        assert all(section.text.strip() for section in doc.sections)
+        for section in doc.sections:
+            section.text.encode("utf-8")
+            assert all(isinstance(h, str) for h in section.path)
+
+
+plain_words = st.text(alphabet=st.characters(categories=("Lu", "Ll", "Nd")) | st.sampled_from(",;:?'"),
+                      min_size=1, max_size=12)
+
+
+@given(st.lists(st.lists(plain_words, min_size=1, max_size=30).map(" ".join), min_size=1, max_size=5))
+def test_readers_keep_every_word_of_plain_text(paras):
+    """Text without markup comes out of every text reader word for word, in order."""
+    text = "\n\n".join(paras)
+    for reader in (read_markdown, read_html, read_text):
+        doc = reader(text.encode("utf-8"), Path("notes"))
+        assert doc.title == "Notes"
+        assert " ".join(section.text for section in doc.sections).split() == text.split()
 
 
 @given(st.text(max_size=800))
