@@ -59,9 +59,39 @@ def test_missing_or_broken_manifest(model_copy):
         load_verified_manifest(model_copy)
 
 
+def shipped_metrics(manifest: dict, data_prefix: str) -> dict:
+    """The recorded evaluation of the manifest's own ONNX file on a data file (evaluate-* --record)."""
+    found = [m for key, m in manifest.get("metrics", {}).items()
+             if key.startswith(data_prefix) and key.endswith(f"| {manifest['roles']['onnx']}")]
+    assert found, f"no --record'ed evaluation of {manifest['roles']['onnx']} on {data_prefix}* in its manifest"
+    assert found[0]["command"].startswith("python -m build_tools")
+    return found[0]
+
+
 def test_manifests_record_provenance_and_metrics():
     config = Config()
     reader = json.loads((config.resolve(config.paths.reader_model) / "manifest.json").read_text())
-    assert "parity_vs_pytorch" in reader and "command" in reader and "source" in reader
+    assert reader["command"].startswith("python -m build_tools") and reader["source"]
+    parity = reader["parity_vs_pytorch"]  # keys of the old exporter (max_abs_logit_diff) or of export_model
+    max_diff = {label: check.get("max_abs_diff", check.get("max_abs_logit_diff")) for label, check in parity.items()}
+    assert parity["int8"]["windows"] >= 100 and max_diff["fp32"] < 1e-3 < max_diff["int8"]
+    assert parity["int8"]["argmax_agreement"] >= 0.85 and parity["fp32"]["argmax_agreement"] == 1.0
+
+    squad = shipped_metrics(reader, "dev-v1.1")["always_answer"]["all"]
+    assert squad["count"] >= 1000 and 60 <= squad["f1"] <= 100 and squad["exact_match"] <= squad["f1"]
+    fp32 = [m["always_answer"]["all"] for key, m in reader["metrics"].items()
+            if key.startswith("dev-v1.1") and key.endswith("| model.onnx")]
+    if fp32:  # int8 costs at most 2 F1 against the fp32 export on the same questions
+        assert fp32[0]["count"] == squad["count"] and squad["f1"] >= fp32[0]["f1"] - 2
+
     retriever = json.loads((config.resolve(config.paths.retriever_model) / "manifest.json").read_text())
+    assert retriever["command"].startswith("python -m build_tools") and retriever["dim"] == 384
+    assert retriever["parity_vs_pytorch"]["fp32"]["min_cosine"] > 0.999
     assert retriever["parity_vs_pytorch"]["int8"]["min_cosine"] > 0.95
+    recalls = shipped_metrics(retriever, "dev-v1.1")
+    assert recalls["questions"] >= 1000
+    for ranking in ("dense", "bm25", "fused"):
+        r = recalls[ranking]
+        assert 0 < r["R@1"] <= r["R@5"] <= r["R@20"] <= 1, ranking
+    assert recalls["dense"]["R@5"] >= 0.8 and recalls["fused"]["R@5"] >= max(recalls["dense"]["R@5"],
+                                                                            recalls["bm25"]["R@5"]) - 0.01
