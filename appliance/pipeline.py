@@ -6,14 +6,18 @@ import time
 import unicodedata
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from appliance.answer import Answer, Source
+from appliance.artifacts import model_file
+from appliance.calibrator import Calibrator, candidate_features
 from appliance.config import Config
 from appliance.encoder import SentenceEncoder
 from appliance.errors import BadQuestionError, IndexMissingError
 from appliance.index import build_index, index_exists, load_index
 from appliance.ingest import Passage, split_sentences
 from appliance.reader import Reader, SpanPrediction
-from appliance.retriever import Retriever
+from appliance.retriever import Hit, Retriever
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +49,30 @@ def evidence_sentence(passage: str, start: int, end: int) -> str:
     return " ".join(chosen) or passage[start:end]
 
 
-def choose_span(predictions: list[SpanPrediction | None], rank_weight: float) -> tuple[SpanPrediction, int] | None:
-    """The span to answer with: reader confidence discounted by its passage's retrieval rank, so a
-    confident span in the 5th passage does not beat a nearly as confident one in the 1st."""
-    scored = [(pred.confidence / (rank + 1) ** rank_weight, rank, pred)
-              for rank, pred in enumerate(predictions) if pred is not None]
-    if not scored:
+@dataclass(frozen=True)
+class Reading:
+    """Everything the pipeline saw for one question: what evaluation and calibration fit on."""
+
+    question: str
+    hits: list[Hit]
+    passages: list[Passage]
+    predictions: list[SpanPrediction | None]
+    features: list[dict[str, float] | None]  # calibrator features of each passage's best span
+    probabilities: list[float]  # P(right) of each passage's best span (-1: no span)
+    timings_ms: dict[str, float]
+
+    def best(self) -> int | None:
+        """Index of the passage whose span the box answers with."""
+        scored = [i for i, p in enumerate(self.probabilities) if p >= 0]
+        return max(scored, key=lambda i: (self.probabilities[i], -i)) if scored else None
+
+
+def load_calibrator(reader: Reader) -> Calibrator | None:
+    """The reader's calibrator, when its manifest names one (models without one fall back to the
+    reader's own confidence with the rank prior)."""
+    if "calibrator" not in reader.manifest.get("roles", {}):
         return None
-    _, rank, pred = max(scored, key=lambda item: (item[0], -item[1]))
-    return pred, rank
+    return Calibrator.load(model_file(reader.model_dir, reader.manifest, "calibrator"))
 
 
 def _source(p: Passage) -> Source:
@@ -79,6 +98,7 @@ class QAPipeline:
                                    rc.dense_weight)
         self.reader = Reader(config.resolve(paths.reader_model), qc.max_length, qc.stride,
                              qc.max_answer_tokens, qc.threads)
+        self.calibrator = load_calibrator(self.reader)
 
     def _index_for_this_encoder(self, rebuild: bool):
         """The index's vectors came from another retriever model (e.g. after a model update):
@@ -90,6 +110,29 @@ class QAPipeline:
         build_index(self.kb, self.index_dir, self.encoder, self.config.ingest.max_passage_words,
                     self.config.ingest.max_file_bytes)
         return load_index(self.index_dir)
+
+    def read(self, question: str, top_k: int | None = None) -> Reading:
+        """Retrieve and read, scoring every passage's best span; no decision yet."""
+        t0 = time.perf_counter()
+        hits = self.retriever.search(question, top_k or self.config.retriever.top_k)
+        t1 = time.perf_counter()
+        passages = [self.index.passages[h.index] for h in hits]
+        predictions = self.reader.predict([(question, p.text) for p in passages])
+        t2 = time.perf_counter()
+        evidences = [evidence_sentence(p.text, pred.start, pred.end) if pred else ""
+                     for p, pred in zip(passages, predictions)]
+        features = candidate_features(question, predictions, [h.dense for h in hits], evidences)
+        timings = {"retrieval": round((t1 - t0) * 1000, 1), "reader": round((t2 - t1) * 1000, 1)}
+        return Reading(question, hits, passages, predictions, features, self._probabilities(predictions, features),
+                       timings)
+
+    def _probabilities(self, predictions: list[SpanPrediction | None],
+                       features: list[dict[str, float] | None]) -> list[float]:
+        if self.calibrator is not None:
+            return [self.calibrator.probability(f) if f is not None else -1.0 for f in features]
+        weight = self.config.reader.rank_weight  # no calibrator: confidence with the rank prior
+        return [pred.confidence / (rank + 1) ** weight if pred is not None else -1.0
+                for rank, pred in enumerate(predictions)]
 
     def check_question_tokens(self, question: str) -> None:
         """BadQuestionError for a question too long for the reader's window: 249 one-letter words are
@@ -103,23 +146,18 @@ class QAPipeline:
     def ask(self, question: str, top_k: int | None = None) -> Answer:
         question = normalize_question(question, self.config.ask.max_question_chars)
         self.check_question_tokens(question)
-        top_k = top_k or self.config.retriever.top_k
-        t0 = time.perf_counter()
-        hits = self.retriever.search(question, top_k)
-        t1 = time.perf_counter()
-        passages = [self.index.passages[h.index] for h in hits]
-        predictions = self.reader.predict([(question, p.text) for p in passages])
-        t2 = time.perf_counter()
-        timings = {"retrieval": round((t1 - t0) * 1000, 1), "reader": round((t2 - t1) * 1000, 1)}
-        candidates = [_source(p) for p in passages]
-        choice = choose_span(predictions, self.config.reader.rank_weight)
-        if choice is None:
+        reading = self.read(question, top_k)
+        timings = dict(reading.timings_ms)
+        candidates = [_source(p) for p in reading.passages]
+        chosen = reading.best()
+        if chosen is None:
             return Answer(question, "", 0.0, True, candidates[0] if candidates else None, "", "", 0, 0,
                           timings, candidates)
-        pred, passage = choice[0], passages[choice[1]]
-        abstained = pred.confidence < self.config.reader.threshold
+        pred, passage = reading.predictions[chosen], reading.passages[chosen]
+        probability = reading.probabilities[chosen]
+        abstained = probability < self.config.reader.threshold
         return Answer(
-            question=question, text="" if abstained else pred.text, confidence=round(pred.confidence, 4),
+            question=question, text="" if abstained else pred.text, confidence=round(probability, 4),
             abstained=abstained, source=_source(passage),
             evidence=evidence_sentence(passage.text, pred.start, pred.end), passage=passage.text,
             start=pred.start, end=pred.end, timings_ms=timings, candidates=candidates,

@@ -25,6 +25,9 @@ class SpanPrediction:
     text: str
     confidence: float  # P(start) * P(end) within its window
     no_answer: float  # P(start=CLS) * P(end=CLS) in that window
+    span_score: float = 0.0  # start + end logit: unnormalised, so comparable across windows
+    null_score: float = 0.0  # start + end logit of [CLS]
+    runner_up: float = 0.0  # P(start) * P(end) of the window's second-best span
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -32,9 +35,20 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum())
 
 
+@dataclass(frozen=True)
+class WindowSpan:
+    start: int  # token positions in the window
+    end: int
+    confidence: float
+    no_answer: float
+    span_score: float
+    null_score: float
+    runner_up: float
+
+
 def best_span(start_logits: np.ndarray, end_logits: np.ndarray, window: Window,
-              max_answer_tokens: int) -> tuple[int, int, float, float] | None:
-    """(start_token, end_token, confidence, no_answer) of the best span in one window."""
+              max_answer_tokens: int) -> WindowSpan | None:
+    """The best span of one window with the scores abstention needs; None without context."""
     n = len(window)
     context = np.array([off is not None for off in window.context_offsets])
     allowed = context.copy()
@@ -49,9 +63,14 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, window: Window,
     if not valid.any():
         return None
     scores = np.where(valid, scores, -np.inf)
-    flat = int(np.argmax(scores))
-    start, end = divmod(flat, n)
-    return start, end, float(np.exp(scores[start, end])), no_answer
+    flat = scores.ravel()
+    top2 = np.argpartition(-flat, 1)[:2] if flat.size > 1 else np.array([0])
+    top2 = top2[np.argsort(-flat[top2])]
+    start, end = divmod(int(top2[0]), n)
+    runner_up = float(np.exp(flat[top2[1]])) if len(top2) > 1 and np.isfinite(flat[top2[1]]) else 0.0
+    return WindowSpan(start, end, float(np.exp(scores[start, end])), no_answer,
+                      float(start_logits[start] + end_logits[end]), float(start_logits[0] + end_logits[0]),
+                      runner_up)
 
 
 class Reader:
@@ -79,13 +98,13 @@ class Reader:
                 found = best_span(s_logits, e_logits, window, self.max_answer_tokens)
                 if found is None:
                     continue
-                s_tok, e_tok, confidence, no_answer = found
                 current = best[pair]
-                if current is None or confidence > current.confidence:
-                    start_char = window.context_offsets[s_tok][0]
-                    end_char = window.context_offsets[e_tok][1]
+                if current is None or found.confidence > current.confidence:
+                    start_char = window.context_offsets[found.start][0]
+                    end_char = window.context_offsets[found.end][1]
                     text = pairs[pair][1][start_char:end_char]
-                    best[pair] = SpanPrediction(pair, start_char, end_char, text, confidence, no_answer)
+                    best[pair] = SpanPrediction(pair, start_char, end_char, text, found.confidence, found.no_answer,
+                                                found.span_score, found.null_score, found.runner_up)
         return best
 
     def _run(self, windows: list[Window]) -> tuple[np.ndarray, np.ndarray]:

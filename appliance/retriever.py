@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import faiss
+import numpy as np
 
 from appliance.bm25 import BM25
 from appliance.encoder import SentenceEncoder
@@ -13,6 +14,7 @@ from appliance.encoder import SentenceEncoder
 class Hit:
     index: int  # position in the passage list
     score: float  # fused RRF score (or the single ranker's score)
+    dense: float = 0.0  # cosine of question and passage: low for questions the KB does not cover
 
 
 def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60,
@@ -40,11 +42,19 @@ class Retriever:
 
     def search(self, question: str, top_k: int) -> list[Hit]:
         k = max(self.candidates, top_k)
+        vector = self.encoder.encode([question])
         if self.mode == "bm25":
-            return [Hit(i, 0.0) for i in self.bm25.search(question, top_k)]
-        dense = self.dense_rankings([question], k)[0]
+            return self._with_cosines(vector, [(i, 0.0) for i in self.bm25.search(question, top_k)])
+        _, ids = self.dense.search(vector, min(k, self.dense.ntotal))
+        dense = [int(i) for i in ids[0] if i >= 0]
         if self.mode == "dense":
-            return [Hit(i, 0.0) for i in dense[:top_k]]
+            return self._with_cosines(vector, [(i, 0.0) for i in dense[:top_k]])
         fused = reciprocal_rank_fusion([dense, self.bm25.search(question, k)], self.rrf_k, [self.dense_weight, 1.0])
-        return [Hit(i, s) for i, s in fused[:top_k]]
+        return self._with_cosines(vector, fused[:top_k])
 
+    def _with_cosines(self, vector: np.ndarray, ranked: list[tuple[int, float]]) -> list[Hit]:
+        if not ranked:
+            return []
+        passages = np.stack([self.dense.reconstruct(i) for i, _ in ranked])
+        cosines = passages @ vector[0]
+        return [Hit(i, s, float(c)) for (i, s), c in zip(ranked, cosines)]

@@ -12,6 +12,7 @@ COMMANDS = {
     "evaluate-retriever": "build_tools.evaluate_retriever",
     "evaluate-kb": "build_tools.evaluate_kb",
     "tune-threshold": "build_tools.tune_threshold",
+    "calibrate": "build_tools.calibrate",
     "distill-reader": "build_tools.compress.distill",
     "distill-retriever": "build_tools.compress.distill_retriever",
     "prune-reader": "build_tools.compress.prune_reader",

@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from tqdm import tqdm
+
 from appliance.config import Config
 from appliance.reader import Reader, SpanPrediction
 from build_tools.evaluation_cli import evaluation_parser, run_evaluation
@@ -50,9 +52,11 @@ def score(prediction: str, example: SquadExample) -> tuple[float, float]:
 def predict_all(reader: Reader, examples: list[SquadExample]) -> list[SpanPrediction | None]:
     predictions: list[SpanPrediction | None] = []
     chunk = 256
-    for i in range(0, len(examples), chunk):
-        part = examples[i : i + chunk]
-        predictions += reader.predict([(ex.question, ex.context) for ex in part], batch_size=32)
+    with tqdm(total=len(examples), desc="reading", unit="q") as bar:  # stderr: JSON stays on stdout
+        for i in range(0, len(examples), chunk):
+            part = examples[i : i + chunk]
+            predictions += reader.predict([(ex.question, ex.context) for ex in part], batch_size=32)
+            bar.update(len(part))
     return predictions
 
 

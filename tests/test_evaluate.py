@@ -46,13 +46,12 @@ def test_evaluation_commands_reject_a_non_squad_file(tmp_path):
         assert result.returncode == 2 and "not a readable SQuAD-format" in result.stderr
 
 
-def test_evaluate_kb_reports_retrieval_and_answers(kb_index_dir):
-    result = run_cli("build_tools", "evaluate-kb", str(DATA / "kb-eval-tiny.json"), "--index", str(kb_index_dir),
-                     "--modes", "hybrid:1,dense:1", "--rank-weights", "0,1")
+def test_evaluate_kb_reports_retrieval_answers_and_abstention(kb_index_dir):
+    result = run_cli("build_tools", "evaluate-kb", str(DATA / "kb-eval-tiny.json"), "--index", str(kb_index_dir))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["questions"] == 2 and set(report["settings"]) == {"hybrid:1", "dense:1"}
-    for setting in report["settings"].values():
-        assert 0 <= setting["retrieval_top1"] <= setting["retrieval_top5"] <= 1
-        assert set(setting["answers"]) == {"0.0", "1.0"}
-        assert setting["answers"]["1.0"]["off_topic_answered"].endswith("/10")
+    assert report["questions"] == report["answerable"] == 2
+    assert 0 <= report["retrieval_top1"] <= report["retrieval_top5"] == 1.0
+    assert report["right_if_always_answering"] >= 0.5  # the bread question is answered right
+    assert report["sentence_right_if_always_answering"] >= report["right_if_always_answering"]
+    assert 0 <= report["answerable_right"] <= report["right_if_always_answering"]

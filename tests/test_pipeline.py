@@ -28,7 +28,7 @@ def test_unrelated_question_is_an_honest_i_dont_know(pipeline):
 
 def test_kb_questions_end_to_end(pipeline, kb_questions):
     """Bounds a little under what evaluate-kb measured for the shipped models (README, Results)."""
-    from build_tools.evaluate_kb import is_right
+    from build_tools.selective import is_right
 
     answers = [(pipeline.ask(q["question"]), q["answer"]) for q in kb_questions]
     right = [is_right(a.text or a.passage[a.start : a.end], gold) for a, gold in answers]
@@ -75,12 +75,23 @@ def test_evidence_is_the_sentence_holding_the_span():
     assert evidence_sentence(passage, start, start + 14) == "Replace it every 6 months."
 
 
-def test_span_choice_discounts_low_ranked_passages():
-    from appliance.pipeline import choose_span
+def test_the_answer_comes_from_the_most_probable_passage():
+    from appliance.pipeline import Reading
+
+    reading = Reading("q", [], [], [None, None, None], [None, None, None], [0.2, -1.0, 0.7], {})
+    assert reading.best() == 2
+    assert Reading("q", [], [], [None], [None], [-1.0], {}).best() is None
+
+
+def test_without_a_calibrator_low_ranked_passages_are_discounted(pipeline):
     from appliance.reader import SpanPrediction
 
     first = SpanPrediction(0, 0, 5, "first", 0.5, 0.1)
     third = SpanPrediction(2, 0, 5, "third", 0.7, 0.1)
-    assert choose_span([first, None, third], rank_weight=0)[0] is third
-    assert choose_span([first, None, third], rank_weight=1)[0] is first
-    assert choose_span([None, None], rank_weight=1) is None
+    calibrator, pipeline.calibrator = pipeline.calibrator, None
+    try:
+        probabilities = pipeline._probabilities([first, None, third], [{}, None, {}])
+    finally:
+        pipeline.calibrator = calibrator
+    assert probabilities[1] == -1.0
+    assert probabilities[0] > probabilities[2]  # 0.5 / 1**2 against 0.7 / 3**2

@@ -120,7 +120,7 @@ def optimizer_step(trainable: list, optimizer, scheduler) -> None:
 
 
 def run_steps(train_step, start: int, total: int, max_minutes: float, checkpoint_every_min: float,
-              checkpoint, log, steps_per_epoch: int = 0) -> int:
+              checkpoint, log, steps_per_epoch: int = 0, stop_requested=lambda: False) -> int:
     """The shared training clock: ``train_step(step) -> (loss, items)`` until ``total`` steps or the
     wall-clock budget, a JSON progress line a minute (items/s, epoch, ETA), ``checkpoint(step)``
     every N minutes and at the end. Returns the step reached."""
@@ -131,6 +131,9 @@ def run_steps(train_step, start: int, total: int, max_minutes: float, checkpoint
     while step < total:
         if max_minutes and time.time() - started > max_minutes * 60:
             log(json.dumps({"stopped": "time budget", "step": step}))
+            break
+        if stop_requested():
+            log(json.dumps({"stopped": "asked to stop (SIGTERM/SIGINT)", "step": step}))
             break
         loss, items = train_step(step)
         step, seen = step + 1, seen + items

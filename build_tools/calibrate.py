@@ -1,0 +1,181 @@
+"""Fit the reader's abstention calibrator on tune data only, choose its threshold there, then
+report on the test splits (KB, FDA labels, SQuAD 2.0 dev-half held-out articles) with a
+risk–coverage plot.
+
+Tune: the KB questions of split "tune" (every passage's span is a training row, so the
+calibrator also learns which passage to answer from) and SQuAD 2.0 dev-half articles 0–7.
+Test: the KB and FDA questions of split "test" and SQuAD 2.0 dev-half articles 8–15.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from appliance.artifacts import MANIFEST, sha256_file
+from appliance.calibrator import FEATURES, Calibrator
+from appliance.config import Config, load_config
+from appliance.pipeline import QAPipeline
+from build_tools.evaluate_reader import select_articles
+from build_tools.manifest import invocation
+from build_tools.paths import PROJECT_ROOT, SHARED_DATA, SQUAD_DIR
+from build_tools.selective import Record, kb_records, load_questions, plot_risk_coverage, squad_records, summary
+from build_tools.squad import load_squad
+
+KB_QUESTIONS = PROJECT_ROOT / "tests" / "data" / "kb_eval.json"
+FDA_QUESTIONS = PROJECT_ROOT / "tests" / "data" / "fda_eval.json"
+FDA_LABELS = SHARED_DATA / "kb" / "fda-spl"
+SQUAD2 = SQUAD_DIR / "dev-v2.0-half-16-articles.json"
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, weights: np.ndarray, l2: float = 1.0,
+                 iterations: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Weighted L2-regularised logistic regression by Newton's method on standardised features:
+    (mean, scale, coefficients, bias)."""
+    mean, scale = x.mean(0), x.std(0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+    beta = np.zeros(z.shape[1])
+    ridge = np.full(z.shape[1], l2)
+    ridge[-1] = 0.0  # the bias is not shrunk
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-(z @ beta)))
+        grad = z.T @ (weights * (p - y)) + ridge * beta
+        hessian = (z * (weights * p * (1 - p))[:, None]).T @ z + np.diag(ridge)
+        update = np.linalg.solve(hessian, grad)
+        beta -= update
+        if np.abs(update).max() < 1e-8:
+            break
+    return mean, scale, beta[:-1], float(beta[-1])
+
+
+def rescore(records: list[Record], calibrator: Calibrator) -> list[Record]:
+    """The records as the box would decide them with this calibrator (choice and probability)."""
+    out = []
+    for r in records:
+        probs = [calibrator.probability(row) for row in r.rows]
+        if not probs:
+            out.append(r)
+            continue
+        best = int(np.argmax(probs))
+        out.append(Record(r.qid, r.kind, probs[best], bool(r.labels[best]), r.sentence_right, r.f1, r.top1, r.top5,
+                          r.rows, r.labels))
+    return out
+
+
+CHOICE_RULES = {  # how to pick the passage to answer from, scored from the calibrator's features
+    "window confidence / rank^2 (previous)": lambda row: row["log_confidence"] - 2 * math.log(row["rank"] + 1),
+    "window confidence": lambda row: row["log_confidence"],
+    "span minus null logit": lambda row: row["margin"],
+}
+
+
+def passage_choice(records: list[Record], calibrator: Calibrator) -> dict[str, float]:
+    """Share of answerable questions answered right when always answering, per choice rule."""
+    rules = {**CHOICE_RULES, "calibrated probability (shipped)": calibrator.probability}
+    answerable = [r for r in records if r.kind == "answerable" and r.rows]
+    return {name: round(sum(r.labels[max(range(len(r.rows)), key=lambda i: rule(r.rows[i]))] for r in answerable)
+                        / max(len(answerable), 1), 4) for name, rule in rules.items()}
+
+
+def utility(records: list[Record], threshold: float, cost: float) -> float:
+    """Per question: +1 right answer, -cost wrong answer, 0 for "I don't know"."""
+    answered = [r for r in records if r.probability >= threshold]
+    return (sum(r.right for r in answered) - cost * sum(not r.right for r in answered)) / max(len(records), 1)
+
+
+def choose_threshold(tune_sets: list[list[Record]], cost: float) -> float:
+    grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
+    scores = [np.mean([utility(s, t, cost) for s in tune_sets]) for t in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+def training_rows(record_sets: list[tuple[list[Record], float]]):
+    x, y, w = [], [], []
+    for records, weight in record_sets:
+        rows = [(row, label) for r in records for row, label in zip(r.rows, r.labels)]
+        for row, label in rows:
+            x.append([row[f] for f in FEATURES])
+            y.append(label)
+            w.append(weight / max(len(rows), 1))  # each set counts as much as its weight, whatever its size
+    return np.array(x), np.array(y, dtype=float), np.array(w) * len(x)
+
+
+def register_calibrator(model_dir: Path, calibrator: Calibrator) -> None:
+    """Write calibrator.json beside the reader and list it (sha256) in the reader's manifest."""
+    path = model_dir / "calibrator.json"
+    calibrator.save(path)
+    manifest_path = model_dir / MANIFEST
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["roles"]["calibrator"] = path.name
+    manifest["files"][path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def fda_pipeline(config: Config, index_root: Path) -> QAPipeline | None:
+    if not FDA_LABELS.is_dir():
+        return None
+    return QAPipeline(config, kb=FDA_LABELS, index=index_root / "fda-index")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="build_tools calibrate", description=__doc__)
+    p.add_argument("--config", type=Path, default=None)
+    p.add_argument("--kb-questions", type=Path, default=KB_QUESTIONS)
+    p.add_argument("--squad", type=Path, default=SQUAD2)
+    p.add_argument("--tune-articles", default="0:8")
+    p.add_argument("--test-articles", default="8:")
+    p.add_argument("--kb-weight", type=float, default=1.0, help="weight of the KB tune rows against SQuAD's (1.0)")
+    p.add_argument("--cost", type=float, default=3.0, help="a wrong answer costs this many right ones")
+    p.add_argument("--l2", type=float, default=1.0)
+    p.add_argument("--write", action="store_true", help="store the calibrator beside the reader")
+    p.add_argument("--plot", type=Path, default=PROJECT_ROOT / "docs" / "risk-coverage.png")
+    args = p.parse_args(argv)
+    config = load_config(args.config) if args.config else Config()
+    pipeline = QAPipeline(config)
+    pipeline.calibrator = None  # features do not depend on it; the fitted one is applied by rescore
+    squad = load_squad(args.squad)
+    kb_tune = kb_records(pipeline, load_questions(args.kb_questions, "tune"), "KB tune")
+    squad_tune = squad_records(pipeline, select_articles(squad, args.tune_articles), "SQuAD 2.0 tune")
+    x, y, w = training_rows([(kb_tune, args.kb_weight), (squad_tune, 1.0)])
+    mean, scale, coef, bias = fit_logistic(x, y, w, args.l2)
+    about = {"fitted_on": {"kb": f"{args.kb_questions.name} split tune ({len(kb_tune)} questions)",
+                           "squad": f"{args.squad.name} articles {args.tune_articles} ({len(squad_tune)} questions)"},
+             "rows": len(x), "positive_rows": int(y.sum()), "l2": args.l2, "kb_weight": args.kb_weight,
+             "threshold_rule": f"maximises mean utility over the two tune sets: +1 right, -{args.cost} wrong, 0 abstain",
+             "command": invocation()}
+    calibrator = Calibrator(FEATURES, mean, scale, coef, bias, 0.5, about)
+    kb_tune, squad_tune = rescore(kb_tune, calibrator), rescore(squad_tune, calibrator)
+    threshold = choose_threshold([kb_tune, squad_tune], args.cost)
+    sample = [row for r in (kb_tune[:5] + squad_tune[:5]) for row in r.rows[:1]]
+    about["checks"] = [{"features": row, "probability": calibrator.probability(row)} for row in sample]
+    calibrator = Calibrator(FEATURES, mean, scale, coef, bias, threshold, about)
+    result = {"threshold": threshold, "tune": {"kb": summary(kb_tune, threshold), "squad2": summary(squad_tune, threshold)},
+              "weights": dict(zip(FEATURES, np.round(coef, 3).tolist()))}
+    test_sets = {"KB test": rescore(kb_records(pipeline, load_questions(args.kb_questions, "test"), "KB test"), calibrator),
+                 "SQuAD 2.0 dev-half test": rescore(squad_records(pipeline, select_articles(squad, args.test_articles),
+                                                                 "SQuAD 2.0 test"), calibrator)}
+    with tempfile.TemporaryDirectory() as tmp:
+        fda = fda_pipeline(config, Path(tmp))
+        if fda is not None and FDA_QUESTIONS.exists():
+            fda.calibrator = None
+            test_sets["FDA labels test"] = rescore(kb_records(fda, load_questions(FDA_QUESTIONS, "test"), "FDA test"),
+                                                   calibrator)
+    result["test"] = {name: summary(records, threshold) for name, records in test_sets.items()}
+    result["passage_choice_on_test"] = {name: passage_choice(records, calibrator) for name, records in test_sets.items()
+                                        if not name.startswith("SQuAD")}
+    if args.plot:
+        plot_risk_coverage(test_sets, args.plot, {name: threshold for name in test_sets})
+        result["plot"] = str(args.plot)
+    if args.write:
+        register_calibrator(config.resolve(config.paths.reader_model), calibrator)
+        result["written"] = str(config.resolve(config.paths.reader_model) / "calibrator.json")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

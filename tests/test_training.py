@@ -1,0 +1,121 @@
+"""train-reader as a job that spans sessions, on a tiny BERT and tiny data: a run stopped by its
+time budget and resumed ends with the same weights as one that never stopped; a job without a
+checkpoint warm-starts from an int8 ONNX reader; bf16 is chosen from the CPU's flags."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from build_tools.training import choose_bf16, cpu_has_fast_bf16
+from tests.conftest import DATA, run_cli
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from tests.test_compression import tiny_dirs  # noqa: E402,F401  (fixture)
+
+TINY_SQUAD = DATA / "tiny-squad.json"
+
+
+def train(base, out, *extra: str):
+    result = run_cli("build_tools", "train-reader", "--base", str(base), "--data", str(TINY_SQUAD),
+                     "--out", str(out), "--batch-size", "2", "--epochs", "2", "--bf16", "off", "--threads", "1",
+                     "--retrieved-negatives", "0.5", *extra)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def final_weights(out) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def test_a_stopped_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(tiny_dirs, tmp_path):
+    base = tiny_dirs["reader"]
+    straight = train(base, tmp_path / "straight", "--warm-start", "none")
+    total = straight[0]["total_steps"]
+    assert straight[-1]["saved"] and straight[-1]["steps"] == total
+
+    first = train(base, tmp_path / "resumed", "--warm-start", "none", "--time-budget-min", "0.00001")
+    assert any(line.get("stopped") == "time budget" for line in first)
+    assert not (tmp_path / "resumed" / "final").exists()
+    second = train(base, tmp_path / "resumed", "--warm-start", "none")
+    resumed_at = next(line["resumed_at_step"] for line in second if "resumed_at_step" in line)
+    assert 0 < resumed_at < total
+
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    for name in a:
+        np.testing.assert_allclose(a[name].numpy(), b[name].numpy(), atol=1e-5, err_msg=name)
+    record = json.loads((tmp_path / "resumed" / "final" / "training.json").read_text())
+    assert record["steps"] == total and len(record["sessions"]) == 2
+    assert record["windows_trained"] == json.loads((tmp_path / "straight" / "final" / "training.json").read_text())[
+        "windows_trained"]
+
+
+def test_a_job_without_checkpoint_warm_starts_from_the_shipped_onnx(tiny_dirs, tmp_path):
+    from build_tools.onnx_export import export_onnx, quantize_int8
+    from build_tools.onnx_import import load_onnx_weights
+
+    torch.manual_seed(1)
+    trained = transformers.BertForQuestionAnswering.from_pretrained(tiny_dirs["reader"])
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # differs from the base the job starts from
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    export_onnx(trained, shipped / "model.onnx", ["start_logits", "end_logits"])
+    quantize_int8(shipped / "model.onnx", shipped / "model.int8.onnx")
+    (shipped / "model.onnx").unlink()
+
+    fresh = transformers.BertForQuestionAnswering.from_pretrained(tiny_dirs["reader"])
+    assert load_onnx_weights(fresh, shipped / "model.int8.onnx") == len(list(fresh.parameters()))
+    for (name, a), (_, b) in zip(trained.named_parameters(), fresh.named_parameters()):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), atol=0.02, err_msg=name)
+
+    lines = train(tiny_dirs["reader"], tmp_path / "job", "--warm-start", str(shipped), "--max-steps", "1")
+    assert any(str(line.get("warm_start", "")).endswith("model.int8.onnx") for line in lines)
+
+
+def test_warm_start_refuses_another_architecture(tiny_dirs, tmp_path):
+    from build_tools.onnx_export import export_onnx
+    from build_tools.onnx_import import load_onnx_weights
+    from tests.test_compression import tiny_config
+
+    other = transformers.BertForQuestionAnswering(tiny_config(50))
+    export_onnx(other, tmp_path / "other.onnx", ["start_logits", "end_logits"])
+    model = transformers.BertForQuestionAnswering.from_pretrained(tiny_dirs["reader"])
+    with pytest.raises(ValueError, match="shape|not an export"):
+        load_onnx_weights(model, tmp_path / "other.onnx")
+
+
+def test_bf16_only_where_the_cpu_has_bf16_units():
+    assert cpu_has_fast_bf16({"avx512f", "avx512_bf16"}) and cpu_has_fast_bf16({"amx_bf16"})
+    assert not cpu_has_fast_bf16({"avx512f", "avx512_vnni", "avx2"})
+    assert choose_bf16("on", "cpu") and not choose_bf16("off", "cuda")
+    assert choose_bf16("auto", "cuda")
+    assert choose_bf16("auto", "cpu") == cpu_has_fast_bf16()
+
+
+def test_sigterm_ends_the_job_with_a_checkpoint(tiny_dirs, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "job"
+    proc = subprocess.Popen([sys.executable, "-m", "build_tools", "train-reader", "--base", str(tiny_dirs["reader"]),
+                             "--data", str(TINY_SQUAD), "--out", str(out), "--batch-size", "1", "--epochs", "500",
+                             "--bf16", "off", "--threads", "1", "--warm-start", "none"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # the loop starts right after the warm-start line
+        if "warm_start" in line:
+            break
+    proc.terminate()
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 0
+    assert '"stopped": "asked to stop' in rest
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["step"] >= 0 and state["record"]["sessions"][0]["started_step"] == 0
