@@ -13,6 +13,19 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 SHARED = ROOT.parent / "shared" / "data"
 
+# Fixtures that load the real models, build the real index, synthesise speech or train tiny torch
+# models: every test using one (directly or through another fixture) is marked slow, so that
+# `scripts/test.sh -m "not slow"` stays a quick loop without each new test having to say so.
+# Modules whose tests are slow for other reasons (model-loading CLI subprocesses) set
+# `pytestmark = pytest.mark.slow` themselves.
+SLOW_FIXTURES = {"encoder", "reader", "kb_index_dir", "pipeline", "adaptation", "espeak", "piper", "tiny_dirs"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run ``python -m appliance`` or ``python -m build_tools`` as a real subprocess."""

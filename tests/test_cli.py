@@ -1,15 +1,16 @@
-"""`appliance` as a user runs it: a real subprocess, real models, real index on disk."""
+"""`appliance` as a user runs it: a real subprocess, real models, real index on disk.
+(That the runtime imports no torch and nothing of the build side: test_layering.py.)"""
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 from appliance.config import Config
+
+pytestmark = pytest.mark.slow  # every test starts `appliance`, which loads the models
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +97,3 @@ def test_index_command_reports_what_it_indexed_and_skipped(tmp_path):
     assert "Indexed 1 documents into 1 passages" in result.stdout
     assert "Skipped 1 file(s)" in result.stdout and "bad.xml" in result.stdout
 
-
-def test_runtime_never_imports_build_libraries():
-    code = ("import sys, appliance.cli, appliance.pipeline, appliance.index, appliance.reader, appliance.encoder, "
-            "appliance.api, appliance.tui; "
-            "bad = [m for m in ('torch', 'transformers', 'sentence_transformers', 'huggingface_hub') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
-    check = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
-    assert check.returncode == 0, check.stdout + check.stderr

@@ -14,6 +14,8 @@ from tests.conftest import DATA, run_cli
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.slow  # trains, exports and benchmarks tiny torch models (minutes in all)
+
 TINY_SQUAD = DATA / "tiny-squad.json"
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

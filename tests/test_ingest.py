@@ -75,6 +75,8 @@ def test_pdf_pages_become_sections(tmp_path):
 
 def test_real_fda_spl_labels(shared_data):
     root = shared_data / "kb" / "fda-spl"
+    if not (root / "humira.xml").is_file():
+        pytest.skip("../shared/data/kb/fda-spl is not present on this machine")
     doc = read_document(root / "humira.xml", root, 10**8)
     assert doc.title.lower().startswith("humira")
     assert len(doc.sections) > 20

@@ -106,6 +106,7 @@ def outputs(session, ids: np.ndarray) -> np.ndarray:
 TOKENS = np.array([[101, 2129, 2146, 2515, 1996, 4248, 2565, 2202, 1029, 102, 1996, 4248, 2565, 102]])
 
 
+@pytest.mark.slow  # runs `build_tools cluster` in a subprocess (k-means: seconds)
 def test_cluster_command_packs_a_model_that_computes_like_its_source(tmp_path):
     src = int8_dir(tmp_path)
     out = tmp_path / "packed"
@@ -131,6 +132,7 @@ def test_cluster_command_packs_a_model_that_computes_like_its_source(tmp_path):
     assert 0 < np.abs(a - b).max() < 0.35 * np.abs(a).max()  # lossy (8 and 16 levels), but close
 
 
+@pytest.mark.slow
 def test_packing_is_exact_when_every_channel_fits_in_its_clusters(tmp_path):
     src = int8_dir(tmp_path, levels=np.array([-0.8, -0.1, 0.0, 0.3, 0.9]), vocab=SMALL_VOCAB)
     out = tmp_path / "packed"
@@ -142,6 +144,7 @@ def test_packing_is_exact_when_every_channel_fits_in_its_clusters(tmp_path):
     assert np.array_equal(outputs(reference, TOKENS), outputs(packed, TOKENS))
 
 
+@pytest.mark.slow
 def test_packed_graph_without_its_weights_refuses_to_load(tmp_path):
     src = int8_dir(tmp_path, vocab=SMALL_VOCAB)
     out = tmp_path / "packed"

@@ -47,6 +47,7 @@ def test_subprocess_commands_are_argument_lists(path):
                 f"{path}:{call.lineno}: subprocess.{func.attr} with a string command"
 
 
+@pytest.mark.slow  # synthesises speech
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_text_that_looks_like_options_is_spoken_not_obeyed(tmp_path):
     from appliance.speech.tts import EspeakSynthesizer

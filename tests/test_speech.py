@@ -167,6 +167,7 @@ def korean_speech(tmp_path_factory):
     return Path(ko.__file__).parent / "model", audio
 
 
+@pytest.mark.slow  # loads the vosk model and decodes speech
 def test_vosk_streams_with_the_korean_model(korean_speech):
     model_dir, audio = korean_speech
     recognizer = VoskRecognizer(model_dir)
@@ -177,6 +178,7 @@ def test_vosk_streams_with_the_korean_model(korean_speech):
     assert final.final and final.engine == "vosk" and final.text  # Hangul words, whatever they are
 
 
+@pytest.mark.slow
 def test_vosk_applies_the_kb_word_list_as_a_runtime_grammar(korean_speech, tmp_path):
     from appliance.speech.adapt import Adaptation
 
@@ -206,6 +208,7 @@ def test_vosk_model_directory_errors_are_clear(tmp_path):
 REAL_CLIPS_WER_BOUND = 0.45  # measured 0.382 (stock pocketsphinx, 75 exact-transcript clips); see README
 
 
+@pytest.mark.slow  # recognises 75 real clips
 @pytest.mark.skipif(not (SHARED / "speech" / "manifest.json").is_file(), reason="../shared speech clips absent")
 def test_word_error_rate_on_real_clips_stays_under_the_recorded_bound(stock):
     manifest = json.loads((SHARED / "speech" / "manifest.json").read_text())
