@@ -82,6 +82,7 @@ def test_file_names_that_are_not_utf8_or_hold_control_characters(tmp_path, encod
     assert "\n" not in warning and "forged\\nWARNING" in warning and warning.endswith("skipped")
 
 
+@pytest.mark.slow  # `appliance index` loads the encoder
 def test_cli_index_warnings_stay_one_line_each(tmp_path):
     kb = small_kb(tmp_path / "kb")
     (kb / "evil\nSkipped 0 file(s).pdf").write_bytes(b"not a pdf")

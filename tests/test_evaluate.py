@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import DATA, run_cli
 
 from build_tools.evaluate_reader import exact_match, f1_score, normalize_answer
@@ -17,6 +18,7 @@ def test_official_normalisation_and_scores():
     assert f1_score("", "") == 1.0 and f1_score("x", "") == 0.0
 
 
+@pytest.mark.slow  # the command loads the shipped model
 def test_evaluate_reader_on_a_squad2_fixture():
     result = run_cli("build_tools", "evaluate-reader", TINY)
     assert result.returncode == 0, result.stderr
@@ -28,6 +30,7 @@ def test_evaluate_reader_on_a_squad2_fixture():
     assert "abstention_accuracy" in report["with_abstention"]["no_answer"]
 
 
+@pytest.mark.slow  # the command loads the shipped model
 def test_evaluate_retriever_on_a_fixture():
     result = run_cli("build_tools", "evaluate-retriever", TINY)
     assert result.returncode == 0, result.stderr

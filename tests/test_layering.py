@@ -4,6 +4,7 @@ packages, so a new module is checked without editing this file."""
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 import tomllib
@@ -25,7 +26,8 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
 
 
-def imports(name: str, eager_only: bool = False) -> set[str]:
+@functools.cache
+def imports(name: str, eager_only: bool = False) -> frozenset[str]:
     """Names a module imports (``import a.b``, ``from a import b`` and relative imports), resolved
     to the modules of this repository where they are ours; with ``eager_only`` only those run at
     import time (module level, not inside functions or classes' methods)."""
@@ -45,7 +47,7 @@ def imports(name: str, eager_only: bool = False) -> set[str]:
                 target = node.module
             found.add(target)
             found.update(f"{target}.{a.name}" for a in node.names)
-    return found
+    return frozenset(found)
 
 
 def _module_level(tree: ast.Module):
