@@ -9,7 +9,7 @@ export-retriever and compress-export are thin commands around it; ``cluster`` us
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +67,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 
 def export_model(model, kind: str, out: Path, tokenizer_json: Path, *, rebuild: str, extra: dict | None = None,
-                 int8_out: Path | None = None, parity_feeds: list[Feed] = ()) -> dict:
+                 int8_out: Path | None = None, parity_feeds: Sequence[Feed] = ()) -> dict:
     """Export ``model`` (a reader or retriever in PyTorch) as out/model.onnx + tokenizer.json + manifest;
     with ``int8_out`` also int8_out/model.int8.onnx (dynamic int8 per-channel) + tokenizer + manifest.
 
@@ -169,10 +169,12 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1)
 
 
-def parity(reference: Runner, candidate: Runner, feeds: list[Feed], kind: str) -> dict:
+def parity(reference: Runner, candidate: Runner, feeds: Sequence[Feed], kind: str) -> dict:
     """How far ``candidate``'s outputs are from ``reference``'s on the same inputs: the largest
     |difference| (max and mean over inputs) against the largest |output|; for a reader how often the
     start and end argmax agree, for a retriever the cosine of the mean-pooled embeddings."""
+    if not feeds:
+        return {"windows": 0}
     diffs, scale, agree, cosines = [], [], [], []
     for feed in feeds:
         ref, got = reference(feed), candidate(feed)
@@ -184,10 +186,8 @@ def parity(reference: Runner, candidate: Runner, feeds: list[Feed], kind: str) -
             mask = feed.get("attention_mask", np.ones_like(feed["input_ids"]))[..., None]
             pooled = [(x * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1) for x in (ref[0], got[0])]
             cosines.append(float(cosine_rows(*pooled)[0]))
-    if not feeds:
-        return {"windows": 0}
-    out = {"windows": len(feeds), "max_abs_diff": round(max(diffs), 5), "mean_abs_diff": round(float(np.mean(diffs)), 5),
-           "max_abs_output": round(max(scale), 4)}
+    out = {"windows": len(feeds), "max_abs_diff": round(max(diffs), 5),
+           "mean_abs_diff": round(float(np.mean(diffs)), 5), "max_abs_output": round(max(scale), 4)}
     if kind == "reader":
         out["argmax_agreement"] = round(float(np.mean(agree)), 4)
     else:
