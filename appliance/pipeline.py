@@ -60,16 +60,25 @@ class Reading:
     features: list[dict[str, float] | None]  # calibrator features of each passage's best span
     probabilities: list[float]  # P(right) of each passage's best span (-1: no span)
     timings_ms: dict[str, float]
+    choice_scores: list[float]  # which passage to answer from (-1: no span); see choice_score
 
     def best(self) -> int | None:
         """Index of the passage whose span the box answers with."""
-        scored = [i for i, p in enumerate(self.probabilities) if p >= 0]
-        return max(scored, key=lambda i: (self.probabilities[i], -i)) if scored else None
+        scored = [i for i, p in enumerate(self.choice_scores) if p >= 0]
+        return max(scored, key=lambda i: (self.choice_scores[i], -i)) if scored else None
+
+
+def choice_score(confidence: float, rank: int, rank_weight: float) -> float:
+    """Window probability discounted by retrieval rank: a confident span in the 5th passage should
+    not beat a nearly as confident one in the 1st. Measured on the KB test questions, this picks the
+    right passage more often than the raw span-minus-null logit margin (the multi-passage
+    comparable score) or the window probability alone; build_tools calibrate reports all three."""
+    return confidence / (rank + 1) ** rank_weight
 
 
 def load_calibrator(reader: Reader) -> Calibrator | None:
-    """The reader's calibrator, when its manifest names one (models without one fall back to the
-    reader's own confidence with the rank prior)."""
+    """The reader's calibrator, when its manifest names one (models without one abstain on the
+    choice score itself)."""
     if "calibrator" not in reader.manifest.get("roles", {}):
         return None
     return Calibrator.load(model_file(reader.model_dir, reader.manifest, "calibrator"))
@@ -123,16 +132,15 @@ class QAPipeline:
                      for p, pred in zip(passages, predictions)]
         features = candidate_features(question, predictions, [h.dense for h in hits], evidences)
         timings = {"retrieval": round((t1 - t0) * 1000, 1), "reader": round((t2 - t1) * 1000, 1)}
-        return Reading(question, hits, passages, predictions, features, self._probabilities(predictions, features),
-                       timings)
+        weight = self.config.reader.rank_weight
+        choices = [choice_score(p.confidence, rank, weight) if p else -1.0 for rank, p in enumerate(predictions)]
+        return Reading(question, hits, passages, predictions, features, self._probabilities(choices, features),
+                       timings, choices)
 
-    def _probabilities(self, predictions: list[SpanPrediction | None],
-                       features: list[dict[str, float] | None]) -> list[float]:
-        if self.calibrator is not None:
-            return [self.calibrator.probability(f) if f is not None else -1.0 for f in features]
-        weight = self.config.reader.rank_weight  # no calibrator: confidence with the rank prior
-        return [pred.confidence / (rank + 1) ** weight if pred is not None else -1.0
-                for rank, pred in enumerate(predictions)]
+    def _probabilities(self, choices: list[float], features: list[dict[str, float] | None]) -> list[float]:
+        if self.calibrator is None:  # the choice score stands in for a probability
+            return choices
+        return [self.calibrator.probability(f) if f is not None else -1.0 for f in features]
 
     def check_question_tokens(self, question: str) -> None:
         """BadQuestionError for a question too long for the reader's window: 249 one-letter words are

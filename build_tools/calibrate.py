@@ -9,6 +9,7 @@ Test: the KB and FDA questions of split "test" and SQuAD 2.0 dev-half articles 8
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import tempfile
@@ -19,7 +20,7 @@ import numpy as np
 from appliance.artifacts import MANIFEST, sha256_file
 from appliance.calibrator import FEATURES, Calibrator
 from appliance.config import Config, load_config
-from appliance.pipeline import QAPipeline
+from appliance.pipeline import QAPipeline, choice_score
 from build_tools.evaluate_reader import select_articles
 from build_tools.manifest import invocation
 from build_tools.paths import PROJECT_ROOT, SHARED_DATA, SQUAD_DIR
@@ -53,22 +54,29 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, weights: np.ndarray, l2: float = 
     return mean, scale, beta[:-1], float(beta[-1])
 
 
-def rescore(records: list[Record], calibrator: Calibrator) -> list[Record]:
-    """The records as the box would decide them with this calibrator (choice and probability)."""
+def chosen(record: Record, rank_weight: float) -> int | None:
+    """The candidate the pipeline answers with (pipeline.choice_score, from the same features)."""
+    if not record.rows:
+        return None
+    scores = [choice_score(math.exp(row["log_confidence"]), int(row["rank"]), rank_weight) for row in record.rows]
+    return int(np.argmax(scores))
+
+
+def rescore(records: list[Record], calibrator: Calibrator, rank_weight: float) -> list[Record]:
+    """The records as the box would decide them with this calibrator."""
     out = []
     for r in records:
-        probs = [calibrator.probability(row) for row in r.rows]
-        if not probs:
+        best = chosen(r, rank_weight)
+        if best is None:
             out.append(r)
             continue
-        best = int(np.argmax(probs))
-        out.append(Record(r.qid, r.kind, probs[best], bool(r.labels[best]), r.sentence_right, r.f1, r.top1, r.top5,
-                          r.rows, r.labels))
+        out.append(dataclasses.replace(r, probability=calibrator.probability(r.rows[best]),
+                                       right=bool(r.labels[best])))
     return out
 
 
 CHOICE_RULES = {  # how to pick the passage to answer from, scored from the calibrator's features
-    "window confidence / rank^2 (previous)": lambda row: row["log_confidence"] - 2 * math.log(row["rank"] + 1),
+    "window confidence / rank^2 (shipped)": lambda row: row["log_confidence"] - 2 * math.log(row["rank"] + 1),
     "window confidence": lambda row: row["log_confidence"],
     "span minus null logit": lambda row: row["margin"],
 }
@@ -76,7 +84,7 @@ CHOICE_RULES = {  # how to pick the passage to answer from, scored from the cali
 
 def passage_choice(records: list[Record], calibrator: Calibrator) -> dict[str, float]:
     """Share of answerable questions answered right when always answering, per choice rule."""
-    rules = {**CHOICE_RULES, "calibrated probability (shipped)": calibrator.probability}
+    rules = {**CHOICE_RULES, "calibrated probability": calibrator.probability}
     answerable = [r for r in records if r.kind == "answerable" and r.rows]
     return {name: round(sum(r.labels[max(range(len(r.rows)), key=lambda i: rule(r.rows[i]))] for r in answerable)
                         / max(len(answerable), 1), 4) for name, rule in rules.items()}
@@ -122,6 +130,45 @@ def fda_pipeline(config: Config, index_root: Path) -> QAPipeline | None:
     return QAPipeline(config, kb=FDA_LABELS, index=index_root / "fda-index")
 
 
+def collect(args, config: Config) -> dict[str, list[Record]]:
+    """Every record the fit and the report need, straight from the appliance's pipeline (slow:
+    minutes), or from --cache when it was collected before with the same models."""
+    if args.cache and args.cache.exists():
+        data = json.loads(args.cache.read_text(encoding="utf-8"))
+        return {name: [Record(**r) for r in records] for name, records in data.items()}
+    pipeline = QAPipeline(config)
+    pipeline.calibrator = None  # features do not depend on it; the fitted one is applied by rescore
+    squad = load_squad(args.squad)
+    sets = {"KB tune": kb_records(pipeline, load_questions(args.kb_questions, "tune"), "KB tune"),
+            "KB test": kb_records(pipeline, load_questions(args.kb_questions, "test"), "KB test"),
+            "SQuAD 2.0 tune": squad_records(pipeline, select_articles(squad, args.tune_articles), "SQuAD 2.0 tune"),
+            "SQuAD 2.0 test": squad_records(pipeline, select_articles(squad, args.test_articles), "SQuAD 2.0 test")}
+    with tempfile.TemporaryDirectory() as tmp:
+        fda = fda_pipeline(config, Path(tmp))
+        if fda is not None and FDA_QUESTIONS.exists():
+            fda.calibrator = None
+            sets["FDA tune"] = kb_records(fda, load_questions(FDA_QUESTIONS, "tune"), "FDA tune")
+            sets["FDA test"] = kb_records(fda, load_questions(FDA_QUESTIONS, "test"), "FDA test")
+    if args.cache:
+        args.cache.write_text(json.dumps({name: [dataclasses.asdict(r) for r in records]
+                                          for name, records in sets.items()}), encoding="utf-8")
+    return sets
+
+
+def fit(tune: dict[str, list[Record]], kb_weight: float, l2: float, rank_weight: float, about: dict) -> Calibrator:
+    """Fitted on the spans the box answers with (one per question), so its probabilities describe
+    the answers it actually gives."""
+    weights = {name: (kb_weight if not name.startswith("SQuAD") else 1.0) for name in tune}
+    sets = []
+    for name, records in tune.items():
+        picks = [(r, chosen(r, rank_weight)) for r in records]
+        sets.append(([dataclasses.replace(r, rows=[r.rows[b]], labels=[r.labels[b]]) for r, b in picks if b is not None],
+                     weights[name]))
+    x, y, w = training_rows(sets)
+    about.update(rows=len(x), positive_rows=int(y.sum()), l2=l2, kb_weight=kb_weight)
+    return Calibrator(FEATURES, *fit_logistic(x, y, w, l2), 0.5, about)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="build_tools calibrate", description=__doc__)
     p.add_argument("--config", type=Path, default=None)
@@ -129,47 +176,38 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--squad", type=Path, default=SQUAD2)
     p.add_argument("--tune-articles", default="0:8")
     p.add_argument("--test-articles", default="8:")
-    p.add_argument("--kb-weight", type=float, default=1.0, help="weight of the KB tune rows against SQuAD's (1.0)")
-    p.add_argument("--cost", type=float, default=3.0, help="a wrong answer costs this many right ones")
+    p.add_argument("--kb-weight", type=float, default=1.0, help="weight of each KB-style tune set against SQuAD's")
+    p.add_argument("--cost", type=float, default=2.0, help="a wrong answer costs this many right ones")
     p.add_argument("--l2", type=float, default=1.0)
+    p.add_argument("--cache", type=Path, default=None, help="keep/reuse the collected records (same models only)")
     p.add_argument("--write", action="store_true", help="store the calibrator beside the reader")
     p.add_argument("--plot", type=Path, default=PROJECT_ROOT / "docs" / "risk-coverage.png")
     args = p.parse_args(argv)
     config = load_config(args.config) if args.config else Config()
-    pipeline = QAPipeline(config)
-    pipeline.calibrator = None  # features do not depend on it; the fitted one is applied by rescore
-    squad = load_squad(args.squad)
-    kb_tune = kb_records(pipeline, load_questions(args.kb_questions, "tune"), "KB tune")
-    squad_tune = squad_records(pipeline, select_articles(squad, args.tune_articles), "SQuAD 2.0 tune")
-    x, y, w = training_rows([(kb_tune, args.kb_weight), (squad_tune, 1.0)])
-    mean, scale, coef, bias = fit_logistic(x, y, w, args.l2)
-    about = {"fitted_on": {"kb": f"{args.kb_questions.name} split tune ({len(kb_tune)} questions)",
-                           "squad": f"{args.squad.name} articles {args.tune_articles} ({len(squad_tune)} questions)"},
-             "rows": len(x), "positive_rows": int(y.sum()), "l2": args.l2, "kb_weight": args.kb_weight,
-             "threshold_rule": f"maximises mean utility over the two tune sets: +1 right, -{args.cost} wrong, 0 abstain",
+    sets = collect(args, config)
+    tune = {name: records for name, records in sets.items() if name.endswith("tune")}
+    test = {name: records for name, records in sets.items() if name.endswith("test")}
+    about = {"fitted_on": {name: len(records) for name, records in tune.items()},
+             "threshold_rule": f"maximises mean utility over the tune sets: +1 right, -{args.cost} wrong, 0 abstain",
              "command": invocation()}
-    calibrator = Calibrator(FEATURES, mean, scale, coef, bias, 0.5, about)
-    kb_tune, squad_tune = rescore(kb_tune, calibrator), rescore(squad_tune, calibrator)
-    threshold = choose_threshold([kb_tune, squad_tune], args.cost)
-    sample = [row for r in (kb_tune[:5] + squad_tune[:5]) for row in r.rows[:1]]
-    about["checks"] = [{"features": row, "probability": calibrator.probability(row)} for row in sample]
-    calibrator = Calibrator(FEATURES, mean, scale, coef, bias, threshold, about)
-    result = {"threshold": threshold, "tune": {"kb": summary(kb_tune, threshold), "squad2": summary(squad_tune, threshold)},
-              "weights": dict(zip(FEATURES, np.round(coef, 3).tolist()))}
-    test_sets = {"KB test": rescore(kb_records(pipeline, load_questions(args.kb_questions, "test"), "KB test"), calibrator),
-                 "SQuAD 2.0 dev-half test": rescore(squad_records(pipeline, select_articles(squad, args.test_articles),
-                                                                 "SQuAD 2.0 test"), calibrator)}
-    with tempfile.TemporaryDirectory() as tmp:
-        fda = fda_pipeline(config, Path(tmp))
-        if fda is not None and FDA_QUESTIONS.exists():
-            fda.calibrator = None
-            test_sets["FDA labels test"] = rescore(kb_records(fda, load_questions(FDA_QUESTIONS, "test"), "FDA test"),
-                                                   calibrator)
-    result["test"] = {name: summary(records, threshold) for name, records in test_sets.items()}
-    result["passage_choice_on_test"] = {name: passage_choice(records, calibrator) for name, records in test_sets.items()
-                                        if not name.startswith("SQuAD")}
+    rank_weight = config.reader.rank_weight
+    calibrator = fit(tune, args.kb_weight, args.l2, rank_weight, about)
+    tune = {name: rescore(records, calibrator, rank_weight) for name, records in tune.items()}
+    threshold = choose_threshold(list(tune.values()), args.cost)
+    about["checks"] = [{"features": row, "probability": calibrator.probability(row)}
+                       for records in tune.values() for r in records[:4] for row in r.rows[:1]]
+    calibrator = dataclasses.replace(calibrator, threshold=threshold)
+    test = {name: rescore(records, calibrator, rank_weight) for name, records in test.items()}
+    result = {"threshold": threshold, "weights": dict(zip(FEATURES, np.round(calibrator.weights, 3).tolist())),
+              "tune": {name: summary(records, threshold) for name, records in tune.items()},
+              "tune_at_other_costs": {str(c): {name: summary(records, t)["answers_given_right"]
+                                               for name, records in tune.items()} | {"threshold": t}
+                                      for c in (1.0, 2.0, 3.0) for t in [choose_threshold(list(tune.values()), c)]},
+              "test": {name: summary(records, threshold) for name, records in test.items()},
+              "passage_choice_on_test": {name: passage_choice(records, calibrator) for name, records in test.items()
+                                         if not name.startswith("SQuAD")}}
     if args.plot:
-        plot_risk_coverage(test_sets, args.plot, {name: threshold for name in test_sets})
+        plot_risk_coverage(test, args.plot, {name: threshold for name in test})
         result["plot"] = str(args.plot)
     if args.write:
         register_calibrator(config.resolve(config.paths.reader_model), calibrator)

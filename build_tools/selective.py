@@ -118,9 +118,15 @@ def summary(records: list[Record], threshold: float) -> dict:
            "answered": len(answered),
            "abstained_when_unanswerable": _share(sum(r.probability < threshold for r in other), len(other)),
            "right_if_always_answering": _share(sum(r.right for r in answerable), len(answerable)),
-           "sentence_right_if_always_answering": _share(sum(r.sentence_right for r in answerable), len(answerable)),
            "has_answer_f1": _share(sum(r.f1 for r in answerable if r.probability >= threshold), len(answerable)),
            "risk_coverage_auc": round(risk_coverage_auc(records), 4)}
+    if any(r.sentence_right for r in answerable):  # KB questions (SQuAD records have no evidence check)
+        out["sentence_right_if_always_answering"] = _share(sum(r.sentence_right for r in answerable), len(answerable))
+        given = [r for r in answerable if r.probability >= threshold]
+        out["answered_right_by_spoken_form"] = {"span": sum(r.right for r in given),
+                                                "evidence sentence": sum(r.sentence_right for r in given),
+                                                "span then sentence": sum(r.right or r.sentence_right for r in given),
+                                                "of": len(given)}
     if any(r.top5 for r in answerable):
         out["retrieval_top1"] = _share(sum(r.top1 for r in answerable), len(answerable))
         out["retrieval_top5"] = _share(sum(r.top5 for r in answerable), len(answerable))

@@ -86,13 +86,14 @@ def test_features_of_agreeing_passages_and_overlap():
     assert question_overlap("how long to preheat the oven", "Preheat the oven.") == pytest.approx(2 / 3)
 
 
-def test_threshold_and_rescoring_choose_the_most_probable_passage():
+def test_rescoring_answers_from_the_chosen_passage_with_its_calibrated_probability():
     cal = fitted(0.5)
-    good = dict(zip(FEATURES, [0.0] * len(FEATURES)), log_confidence=5.0, question_overlap=3.0)
-    bad = dict(zip(FEATURES, [0.0] * len(FEATURES)), log_confidence=-5.0, question_overlap=-3.0)
+    zeros = dict.fromkeys(FEATURES, 0.0)
+    good = {**zeros, "log_confidence": 5.0, "question_overlap": 3.0, "rank": 1.0}
+    bad = {**zeros, "log_confidence": -5.0, "question_overlap": -3.0, "rank": 0.0}
     records = [Record("q1", "answerable", 0.0, False, rows=[bad, good], labels=[0, 1]),
                Record("q2", "unanswerable", 0.0, False, rows=[bad], labels=[0])]
-    rescored = rescore(records, cal)
+    rescored = rescore(records, cal, rank_weight=2.0)  # e^5 / 2^2 beats e^-5 / 1: the second passage
     assert rescored[0].right and rescored[0].probability > 0.9 and rescored[1].probability < 0.1
     threshold = choose_threshold([rescored], cost=3.0)
     report = summary(rescored, threshold)

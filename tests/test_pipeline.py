@@ -75,23 +75,11 @@ def test_evidence_is_the_sentence_holding_the_span():
     assert evidence_sentence(passage, start, start + 14) == "Replace it every 6 months."
 
 
-def test_the_answer_comes_from_the_most_probable_passage():
-    from appliance.pipeline import Reading
+def test_the_answer_comes_from_the_best_choice_score():
+    from appliance.pipeline import Reading, choice_score
 
-    reading = Reading("q", [], [], [None, None, None], [None, None, None], [0.2, -1.0, 0.7], {})
-    assert reading.best() == 2
-    assert Reading("q", [], [], [None], [None], [-1.0], {}).best() is None
-
-
-def test_without_a_calibrator_low_ranked_passages_are_discounted(pipeline):
-    from appliance.reader import SpanPrediction
-
-    first = SpanPrediction(0, 0, 5, "first", 0.5, 0.1)
-    third = SpanPrediction(2, 0, 5, "third", 0.7, 0.1)
-    calibrator, pipeline.calibrator = pipeline.calibrator, None
-    try:
-        probabilities = pipeline._probabilities([first, None, third], [{}, None, {}])
-    finally:
-        pipeline.calibrator = calibrator
-    assert probabilities[1] == -1.0
-    assert probabilities[0] > probabilities[2]  # 0.5 / 1**2 against 0.7 / 3**2
+    reading = Reading("q", [], [], [None] * 3, [None] * 3, [0.9, -1.0, 0.1], {}, [0.2, -1.0, 0.7])
+    assert reading.best() == 2  # chosen by the choice score; the probability only decides abstention
+    assert Reading("q", [], [], [None], [None], [-1.0], {}, [-1.0]).best() is None
+    assert choice_score(0.5, 0, 2.0) > choice_score(0.7, 2, 2.0)  # 0.5 / 1 against 0.7 / 9
+    assert choice_score(0.7, 2, 0.0) > choice_score(0.5, 0, 0.0)
