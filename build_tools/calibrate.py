@@ -82,6 +82,20 @@ CHOICE_RULES = {  # how to pick the passage to answer from, scored from the cali
 }
 
 
+def as_chosen_by_score(records: list[Record], rank_weight: float) -> list[Record]:
+    """The records decided without a calibrator: the choice score itself is the probability."""
+    out = []
+    for r in records:
+        best = chosen(r, rank_weight)
+        if best is None:
+            out.append(r)
+            continue
+        row = r.rows[best]
+        out.append(dataclasses.replace(r, probability=choice_score(math.exp(row["log_confidence"]), int(row["rank"]),
+                                                                   rank_weight), right=bool(r.labels[best])))
+    return out
+
+
 def passage_choice(records: list[Record], calibrator: Calibrator) -> dict[str, float]:
     """Share of answerable questions answered right when always answering, per choice rule."""
     rules = {**CHOICE_RULES, "calibrated probability": calibrator.probability}
@@ -197,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     about["checks"] = [{"features": row, "probability": calibrator.probability(row)}
                        for records in tune.values() for r in records[:4] for row in r.rows[:1]]
     calibrator = dataclasses.replace(calibrator, threshold=threshold)
+    baseline = {name: as_chosen_by_score(records, rank_weight) for name, records in {**tune, **test}.items()}
     test = {name: rescore(records, calibrator, rank_weight) for name, records in test.items()}
     result = {"threshold": threshold, "weights": dict(zip(FEATURES, np.round(calibrator.weights, 3).tolist())),
               "tune": {name: summary(records, threshold) for name, records in tune.items()},
@@ -204,10 +219,16 @@ def main(argv: list[str] | None = None) -> None:
                                                for name, records in tune.items()} | {"threshold": t}
                                       for c in (1.0, 2.0, 3.0) for t in [choose_threshold(list(tune.values()), c)]},
               "test": {name: summary(records, threshold) for name, records in test.items()},
+              "without_calibrator": {name: summary(records, config.reader.threshold) for name, records in baseline.items()},
+              "calibrator_improves_tune_auc": {name: summary(tune[name], threshold)["risk_coverage_auc"]
+                                               > summary(baseline[name], 0.5)["risk_coverage_auc"] for name in tune},
               "passage_choice_on_test": {name: passage_choice(records, calibrator) for name, records in test.items()
                                          if not name.startswith("SQuAD")}}
     if args.plot:
-        plot_risk_coverage(test, args.plot, {name: threshold for name in test})
+        curves = {**{f"{name} (calibrated)": records for name, records in test.items()},
+                  **{f"{name} (choice score)": baseline[name] for name in test}}
+        plot_risk_coverage(curves, args.plot, {f"{name} (calibrated)": threshold for name in test}
+                           | {f"{name} (choice score)": config.reader.threshold for name in test})
         result["plot"] = str(args.plot)
     if args.write:
         register_calibrator(config.resolve(config.paths.reader_model), calibrator)

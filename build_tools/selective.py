@@ -161,9 +161,13 @@ def plot_risk_coverage(curves: dict[str, list[Record]], out: Path, thresholds: d
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    colours: dict[str, str] = {}
     for label, records in curves.items():
         coverage, accuracy = risk_coverage(records)
-        line, = ax.plot(coverage, accuracy, label=f"{label} (AUC {risk_coverage_auc(records):.3f})")
+        dataset, _, variant = label.partition(" (")  # "KB test (calibrated)": one colour per data set
+        colour = colours.setdefault(dataset, f"C{len(colours)}")
+        style = "--" if "choice score" in variant else "-"
+        line, = ax.plot(coverage, accuracy, style, color=colour, label=f"{label} (AUC {risk_coverage_auc(records):.3f})")
         at = thresholds.get(label)
         if at is not None:
             answered = sum(r.probability >= at for r in records)
@@ -174,7 +178,7 @@ def plot_risk_coverage(curves: dict[str, list[Record]], out: Path, thresholds: d
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
-    ax.set_title("Risk–coverage (dot: shipped threshold)")
+    ax.set_title("Risk–coverage (dot: operating point)")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
