@@ -64,9 +64,11 @@ class PeakRss:
         return self.peak
 
 
-def start_server(sock: Path, index: Path | None, clients: int, text_chars: int, log) -> subprocess.Popen:
+def start_server(sock: Path, index: Path | None, clients: int, text_chars: int, log,
+                 tts: str = "auto") -> subprocess.Popen:
     config = sock.parent / "bench.toml"
-    config.write_text(f"[wyoming]\nmax_clients = {clients + 2}\nmax_text_chars = {max(text_chars, 20_000)}\n")
+    config.write_text(f"[wyoming]\nmax_clients = {clients + 2}\nmax_text_chars = {max(text_chars, 20_000)}\n"
+                      f"[speech]\ntts = {json.dumps(tts)}\n")
     command = [sys.executable, "-m", "appliance", "wyoming", "--uri", f"unix://{sock}", "--config", str(config)]
     proc = subprocess.Popen(command + (["--index", str(index)] if index else []), cwd=ROOT, stderr=log)
     deadline = time.time() + 300
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--index", type=Path, help="index directory (default: the config's)")
     p.add_argument("--clients", type=int, default=30)
     p.add_argument("--text-bytes", type=int, default=10_000)
+    p.add_argument("--tts", default="auto", help="speech.tts of the server: auto (Piper when installed) | espeak")
     args = p.parse_args(argv)
     text = ""
     while len(text) < args.text_bytes:
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sock = Path(tmp) / "wyoming.sock"
         with open(Path(tmp) / "server.log", "w") as log:
-            proc = start_server(sock, args.index, args.clients, len(text), log)
+            proc = start_server(sock, args.index, args.clients, len(text), log, args.tts)
         uri = f"unix://{sock}"
         try:
             async def warm():  # first use of each engine allocates what it keeps
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             proc.terminate()
             proc.wait(30)
     print(json.dumps({
-        "synthesize": {"text_chars": len(text), **synth, "rss_before_mb": round(before_synth, 1),
+        "synthesize": {"tts": args.tts, "text_chars": len(text), **synth, "rss_before_mb": round(before_synth, 1),
                        "rss_peak_mb": round(synth_peak, 1), "rss_growth_mb": round(synth_peak - before_synth, 1)},
         "clients": {"n": args.clients, "outcomes": {o: outcomes.count(o) for o in set(outcomes)},
                     "seconds": round(crowd_s, 1), "rss_before_mb": round(before_clients, 1),
