@@ -263,7 +263,8 @@ def read_pdf(raw: bytes, path: Path) -> Document:
         pages = [page.extract_text() or "" for page in reader.pages]
         meta_title = (reader.metadata.title if reader.metadata else None) or ""
     except Exception as exc:  # noqa: BLE001 - pypdf raises many types, DependencyError (no AES support) too
-        encrypted = encrypted or type(exc).__name__ in ("DependencyError", "FileNotDecryptedError", "WrongPasswordError")
+        encrypted = encrypted or type(exc).__name__ in ("DependencyError", "FileNotDecryptedError",
+                                                        "WrongPasswordError")
         kind = "encrypted PDF that cannot be opened" if encrypted else "malformed PDF"
         raise IngestError(f"{safe_name(path)}: {kind} ({type(exc).__name__}: {exc}), skipped") from None
     sections = [Section((f"page {i}",), text) for i, text in enumerate(pages, 1) if text.strip()]
@@ -338,7 +339,8 @@ def read_spl(raw: bytes, path: Path) -> Document:
     try:
         root = ElementTree.fromstring(raw)
     except (ElementTree.ParseError, DefusedXmlException, ValueError) as exc:
-        raise IngestError(f"{safe_name(path)}: malformed or unsafe XML ({type(exc).__name__}: {exc}), skipped") from None
+        raise IngestError(f"{safe_name(path)}: malformed or unsafe XML ({type(exc).__name__}: {exc}), "
+                          "skipped") from None
     if root.tag != f"{SPL_NS}document":
         raise IngestError(f"{safe_name(path)}: XML but not an HL7 SPL drug label (root <{root.tag}>), skipped")
     title = _spl_title(root)

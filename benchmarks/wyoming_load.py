@@ -112,7 +112,8 @@ async def transcribe(uri: str, pcm: bytes) -> str:
 def spoken_question() -> bytes:
     from appliance.speech.tts import EspeakSynthesizer
 
-    audio = [a.at_rate(SAMPLE_RATE).samples for a in EspeakSynthesizer().synthesize("How long should I preheat the oven?")]
+    question = "How long should I preheat the oven?"
+    audio = [a.at_rate(SAMPLE_RATE).samples for a in EspeakSynthesizer().synthesize(question)]
     return to_int16_bytes(np.concatenate([np.zeros(4800, np.float32), *audio, np.zeros(8000, np.float32)]))
 
 

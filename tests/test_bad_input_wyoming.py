@@ -17,7 +17,6 @@ pytest.importorskip("wyoming")
 from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
 from wyoming.client import AsyncClient  # noqa: E402
 from wyoming.event import async_read_event  # noqa: E402
-from wyoming.info import Describe  # noqa: E402
 
 from appliance.config import Config  # noqa: E402
 from appliance.speech.audio import SAMPLE_RATE, to_int16_bytes  # noqa: E402
