@@ -70,7 +70,9 @@ def start_server(sock: Path, index: Path | None, clients: int, text_chars: int, 
     config.write_text(f"[wyoming]\nmax_clients = {clients + 2}\nmax_text_chars = {max(text_chars, 20_000)}\n"
                       f"[speech]\ntts = {json.dumps(tts)}\n")
     command = [sys.executable, "-m", "appliance", "wyoming", "--uri", f"unix://{sock}", "--config", str(config)]
-    proc = subprocess.Popen(command + (["--index", str(index)] if index else []), cwd=ROOT, stderr=log)
+    if index:
+        command += ["--index", str(index)]
+    proc = subprocess.Popen(command, cwd=ROOT, stderr=log)
     deadline = time.time() + 300
     while not sock.exists():
         if proc.poll() is not None or time.time() > deadline:

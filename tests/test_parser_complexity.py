@@ -85,8 +85,10 @@ def test_reader_is_linear_on_adversarial_input(tmp_path, name):
     assert 0.8 * LARGE <= len(large_data) <= 1.2 * LARGE
     small = min(cpu_seconds(tmp_path / f"small{suffix}", small_data) for _ in range(2))
     large = cpu_seconds(tmp_path / f"large{suffix}", large_data)
-    if large > MAX_LARGE_S or large > MAX_RATIO * max(small, FLOOR_S):
-        large = min(large, cpu_seconds(tmp_path / f"large{suffix}", large_data))  # one retry for a noisy moment
+    for _ in range(2):  # a busy machine inflates CPU time too: the best of up to three runs counts
+        if large <= MAX_LARGE_S and large <= MAX_RATIO * max(small, FLOOR_S):
+            break
+        large = min(large, cpu_seconds(tmp_path / f"large{suffix}", large_data))
     assert large <= MAX_LARGE_S, f"{name}: 1 MB took {large:.2f} s of CPU"
     assert large <= MAX_RATIO * max(small, FLOOR_S), f"{name}: 100 KB {small:.3f} s, 1 MB {large:.3f} s"
 
