@@ -106,6 +106,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_files(args, config)
     if args.output:
         raise ApplianceError("--output goes with --input")
+    from appliance.speech.whisper import preload
+
+    preload(config)  # first, while the process is small (its int8 conversion peaks at load)
     pipeline = QAPipeline(config, args.kb, args.index)
     return _serve_daemon(args, config, pipeline)
 
@@ -177,6 +180,9 @@ def cmd_wyoming(args: argparse.Namespace) -> int:
     if not args.uri.startswith(("tcp://", "unix://")):
         raise ConfigError(f"--uri must be tcp://HOST:PORT or unix://PATH, got {args.uri!r}")
     config = load_config(args.config)
+    from appliance.speech.whisper import preload
+
+    preload(config)  # before the QA models: see cmd_serve
     service = build_service(config, QAPipeline(config, args.kb, args.index))
     try:
         asyncio.run(run_wyoming(args.uri, service))

@@ -91,7 +91,9 @@ def test_transcribe_a_spoken_question(uri, piper):
 def test_transcribe_converts_other_sample_rates(uri, espeak):
     speech = np.concatenate([a.samples for a in espeak.synthesize("Can I drink alcohol while taking metformin?")])
     events = asyncio.run(exchange(uri, transcribe_events(speech, 22050), {"transcript"}))
-    assert "metformin" in Transcript.from_event(events[-1]).text
+    # 22.05 kHz resampled right is understood (read as 16 kHz it would be gibberish); espeak-ng's
+    # "metformin" is heard as "meth for me" by Whisper now and then, so the test does not hang on it
+    assert "drink alcohol while taking" in Transcript.from_event(events[-1]).text.lower()
 
 
 def test_synthesize_returns_audio_that_decodes(uri):
