@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+MAX_SPOKEN_SENTENCE_WORDS = 30
+
+
 @dataclass(frozen=True)
 class Source:
     document: str  # document title
@@ -53,9 +56,18 @@ class Answer:
         )
 
     def spoken(self) -> str:
-        """What the box says aloud: the answer and where it comes from, or an honest abstention."""
+        """What the box says aloud: the answer and where it comes from, or an honest abstention.
+        The evidence sentence (it holds the span) stands alone where a bare span may not ("500 mg"
+        of what?), and on the KB test questions it was right more often (README, Results); a long
+        sentence gives way to the span."""
         if self.abstained or self.source is None:
             hint = f" The closest section I found is {self.source.citation}." if self.source else ""
             return f"I don't know.{hint}"
         section = f", section {self.source.section[-1]}" if self.source.section else ""
-        return f"{self.text}. From {self.source.document}{section}."
+        return f"{self.said_answer()} From {self.source.document}{section}."
+
+    def said_answer(self) -> str:
+        sentence = " ".join(self.evidence.split())
+        if self.text and self.text in sentence and len(sentence.split()) <= MAX_SPOKEN_SENTENCE_WORDS:
+            return sentence if sentence[-1:] in ".!?" else sentence + "."
+        return f"{self.text}."

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--l2", type=float, default=1.0)
     p.add_argument("--cache", type=Path, default=None, help="keep/reuse the collected records (same models only)")
     p.add_argument("--write", action="store_true", help="store the calibrator beside the reader")
-    p.add_argument("--plot", type=Path, default=PROJECT_ROOT / "docs" / "risk-coverage.png")
+    p.add_argument("--plot", default=str(PROJECT_ROOT / "docs" / "risk-coverage.png"), help="'' = no plot")
     args = p.parse_args(argv)
     config = load_config(args.config) if args.config else Config()
     sets = collect(args, config)
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot:
         curves = {**{f"{name} (calibrated)": records for name, records in test.items()},
                   **{f"{name} (choice score)": baseline[name] for name in test}}
-        plot_risk_coverage(curves, args.plot, {f"{name} (calibrated)": threshold for name in test}
+        plot_risk_coverage(curves, Path(args.plot), {f"{name} (calibrated)": threshold for name in test}
                            | {f"{name} (choice score)": config.reader.threshold for name in test})
         result["plot"] = str(args.plot)
     if args.write:

@@ -83,3 +83,15 @@ def test_the_answer_comes_from_the_best_choice_score():
     assert Reading("q", [], [], [None], [None], [-1.0], {}, [-1.0]).best() is None
     assert choice_score(0.5, 0, 2.0) > choice_score(0.7, 2, 2.0)  # 0.5 / 1 against 0.7 / 9
     assert choice_score(0.7, 2, 0.0) > choice_score(0.5, 0, 0.0)
+
+
+def test_the_box_says_the_evidence_sentence_unless_it_is_long():
+    from appliance.answer import Answer, Source
+
+    source = Source("Oven manual", "oven.md", ("Preheating",))
+    short = Answer("q", "20 minutes", 0.9, False, source, "Preheat for 20 minutes.", "", 0, 0)
+    assert short.spoken() == "Preheat for 20 minutes. From Oven manual, section Preheating."
+    long = Answer("q", "20 minutes", 0.9, False, source, "Preheat for 20 minutes " + "and so on " * 20, "", 0, 0)
+    assert long.spoken() == "20 minutes. From Oven manual, section Preheating."
+    unsure = Answer("q", "", 0.1, True, source, "Preheat for 20 minutes.", "", 0, 0)
+    assert unsure.spoken() == "I don't know. The closest section I found is Oven manual > Preheating."

@@ -52,8 +52,8 @@ def test_spoken_question_through_serve_input_gives_the_answer_and_an_answer_wav(
     assert "preheat" in turn["heard"]
     # both oven-manual sections say it ("Preheating" and "Baking bread"); which one ranks first
     # depends on the exact transcript
-    assert turn["said"].startswith("20 minutes") and ("section Preheating" in turn["said"]
-                                                      or "section Baking bread" in turn["said"])
+    assert "20 minutes" in turn["said"] and ("section Preheating" in turn["said"]
+                                             or "section Baking bread" in turn["said"])
     answer = read_wav(out / "answer-001.wav")
     assert 2.0 < answer.seconds < 15.0 and np.abs(answer.samples).max() > 0.05
     logged = [json.loads(line.split("appliance.voice: ", 1)[1]) for line in result.stderr.splitlines()
