@@ -62,17 +62,19 @@ def chosen(record: Record, rank_weight: float) -> int | None:
     return int(np.argmax(scores))
 
 
-def rescore(records: list[Record], calibrator: Calibrator, rank_weight: float) -> list[Record]:
-    """The records as the box would decide them with this calibrator."""
+def decided(records: list[Record], rank_weight: float, probability) -> list[Record]:
+    """The records as the box decides them: the chosen span, with ``probability(row)`` of it."""
     out = []
     for r in records:
         best = chosen(r, rank_weight)
-        if best is None:
-            out.append(r)
-            continue
-        out.append(dataclasses.replace(r, probability=calibrator.probability(r.rows[best]),
-                                       right=bool(r.labels[best])))
+        out.append(r if best is None else dataclasses.replace(r, probability=probability(r.rows[best]),
+                                                              right=bool(r.labels[best])))
     return out
+
+
+def rescore(records: list[Record], calibrator: Calibrator, rank_weight: float) -> list[Record]:
+    """The records as the box would decide them with this calibrator."""
+    return decided(records, rank_weight, calibrator.probability)
 
 
 CHOICE_RULES = {  # how to pick the passage to answer from, scored from the calibrator's features
@@ -84,16 +86,8 @@ CHOICE_RULES = {  # how to pick the passage to answer from, scored from the cali
 
 def as_chosen_by_score(records: list[Record], rank_weight: float) -> list[Record]:
     """The records decided without a calibrator: the choice score itself is the probability."""
-    out = []
-    for r in records:
-        best = chosen(r, rank_weight)
-        if best is None:
-            out.append(r)
-            continue
-        row = r.rows[best]
-        out.append(dataclasses.replace(r, probability=choice_score(math.exp(row["log_confidence"]), int(row["rank"]),
-                                                                   rank_weight), right=bool(r.labels[best])))
-    return out
+    return decided(records, rank_weight,
+                   lambda row: choice_score(math.exp(row["log_confidence"]), int(row["rank"]), rank_weight))
 
 
 def passage_choice(records: list[Record], calibrator: Calibrator) -> dict[str, float]:

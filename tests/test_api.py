@@ -45,16 +45,17 @@ def server(pipeline, tmp_path_factory):
     running.stop()
 
 
-def raw_exchange(path, payload: bytes) -> list[dict]:
+def raw_exchange(path, payload: bytes, parse=json.loads, timeout: float = 30) -> list:
+    """Send ``payload``, close the sending side, parse every reply line."""
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(30)
+        sock.settimeout(timeout)
         sock.connect(str(path))
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    return [json.loads(line) for line in data.splitlines()]
+    return [parse(line) for line in data.splitlines()]
 
 
 def test_ask_over_the_socket(server):

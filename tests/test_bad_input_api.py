@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 
 import pytest
+
+from tests.test_api import raw_exchange
 from conftest import run_cli
 from test_api import RunningServer
 
@@ -22,15 +24,7 @@ def strict_json(line: bytes):
 
 
 def exchange(path, payload: bytes, timeout: float = 120) -> list:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return [strict_json(line) for line in data.splitlines()]
+    return raw_exchange(path, payload, strict_json, timeout)
 
 
 @pytest.fixture(scope="module")
