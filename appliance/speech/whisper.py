@@ -185,7 +185,11 @@ class WhisperRecognizer:
         elif self.bias == "hotwords":
             options["hotwords"] = self.vocabulary.hotwords()
         # timestamps on: without them, tiny.en with a prompt ended "How long should I preheat the
-        # oven? [pause] For bread?" after the first sentence
+        # oven? [pause] For bread?" after the first sentence. Its temperature fallback samples: a
+        # fixed seed makes the same audio give the same transcript on every run.
+        import ctranslate2
+
+        ctranslate2.set_random_seed(0)
         segments, _info = self._model.transcribe(audio, language="en", beam_size=self.beam_size,
                                                  condition_on_previous_text=False, without_timestamps=False,
                                                  vad_filter=False, **options)
