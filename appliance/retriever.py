@@ -7,7 +7,11 @@ import faiss
 import numpy as np
 
 from appliance.bm25 import BM25
+from appliance.config import RetrieverConfig
 from appliance.encoder import SentenceEncoder
+
+
+_DEFAULTS = RetrieverConfig()
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,11 @@ def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60,
 
 
 class Retriever:
-    def __init__(self, encoder: SentenceEncoder, dense: faiss.Index, bm25: BM25,
-                 mode: str = "hybrid", candidates: int = 30, rrf_k: int = 60, dense_weight: float = 1.0):
+    def __init__(self, encoder: SentenceEncoder, dense: faiss.Index, bm25: BM25, mode: str = _DEFAULTS.mode,
+                 candidates: int = _DEFAULTS.candidates, rrf_k: int = _DEFAULTS.rrf_k,
+                 dense_weight: float = _DEFAULTS.dense_weight):
+        """Defaults are the shipped configuration's (RetrieverConfig), so whatever builds a
+        Retriever without naming a setting measures what the appliance runs."""
         if mode not in {"hybrid", "dense", "bm25"}:
             raise ValueError(f"retriever mode must be hybrid, dense or bm25, not {mode!r}")
         self.encoder, self.dense, self.bm25 = encoder, dense, bm25

@@ -35,15 +35,17 @@ def evaluate(data: Path, model_dir: Path, onnx_name: str | None, limit: int) -> 
     dense = faiss.IndexFlatIP(encoder.dim)
     dense.add(encoder.encode(paragraphs))
     bm25 = BM25.build(paragraphs)
-    retriever = Retriever(encoder, dense, bm25, "hybrid", cfg.candidates, cfg.rrf_k)
+    retriever = Retriever(encoder, dense, bm25, "hybrid", cfg.candidates, cfg.rrf_k, cfg.dense_weight)
     depth = max(max(KS), cfg.candidates)
     dense_rank = retriever.dense_rankings(questions, depth)
     bm25_rank = [bm25.search(q, depth) for q in questions]
-    fused_rank = [[d for d, _ in reciprocal_rank_fusion([a, b], cfg.rrf_k)] for a, b in zip(dense_rank, bm25_rank)]
+    fused_rank = [[d for d, _ in reciprocal_rank_fusion([a, b], cfg.rrf_k, [cfg.dense_weight, 1.0])]
+                  for a, b in zip(dense_rank, bm25_rank)]  # the shipped fusion (retriever.dense_weight)
     return {
         "data": str(data), "encoder": str(model_dir / (onnx_name or encoder.manifest["roles"]["onnx"])),
         "questions": len(questions), "paragraphs": len(paragraphs), "candidates_per_ranker": depth,
         "dense": recalls(dense_rank, gold), "bm25": recalls(bm25_rank, gold), "fused": recalls(fused_rank, gold),
+        "fusion": {"rrf_k": cfg.rrf_k, "dense_weight": cfg.dense_weight},
         "seconds": round(time.time() - started, 1),
     }
 

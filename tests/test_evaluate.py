@@ -39,6 +39,10 @@ def test_evaluate_retriever_on_a_fixture():
     for ranker in ("dense", "bm25", "fused"):
         assert set(report[ranker]) == {"R@1", "R@5", "R@20"} and report[ranker]["R@5"] == 1.0
     assert report["fused"]["R@1"] >= 0.75
+    from appliance.config import Config
+
+    shipped = Config().retriever  # the fusion reported is the one the appliance runs
+    assert report["fusion"] == {"rrf_k": shipped.rrf_k, "dense_weight": shipped.dense_weight}
 
 
 def test_evaluation_commands_reject_a_non_squad_file(tmp_path):

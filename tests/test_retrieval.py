@@ -31,3 +31,19 @@ def test_unknown_mode_is_rejected(encoder, kb_index_dir):
     index = load_index(kb_index_dir)
     with pytest.raises(ValueError, match="hybrid, dense or bm25"):
         Retriever(encoder, index.dense, index.bm25, "magic")
+
+
+def test_a_retriever_built_without_settings_runs_the_shipped_fusion(encoder, kb_index_dir):
+    from appliance.config import Config
+    from appliance.index import load_index
+    from appliance.retriever import Retriever
+
+    index = load_index(kb_index_dir)
+    shipped = Config().retriever
+    bare = Retriever(encoder, index.dense, index.bm25)
+    assert (bare.mode, bare.candidates, bare.rrf_k, bare.dense_weight) == \
+        (shipped.mode, shipped.candidates, shipped.rrf_k, shipped.dense_weight)
+    configured = Retriever(encoder, index.dense, index.bm25, shipped.mode, shipped.candidates, shipped.rrf_k,
+                           shipped.dense_weight)
+    question = "what does fault code E02 mean on the conveyor?"
+    assert [h.index for h in bare.search(question, 5)] == [h.index for h in configured.search(question, 5)]
