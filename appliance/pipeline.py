@@ -120,17 +120,20 @@ class QAPipeline:
                     self.config.ingest.max_file_bytes)
         return load_index(self.index_dir)
 
-    def read(self, question: str, top_k: int | None = None) -> Reading:
-        """Retrieve and read, scoring every passage's best span; no decision yet."""
+    def read(self, question: str, top_k: int | None = None, with_features: bool | None = None) -> Reading:
+        """Retrieve and read, scoring every passage's best span; no decision yet. Calibrator
+        features are computed when a calibrator needs them or the caller asks (evaluation)."""
         t0 = time.perf_counter()
         hits = self.retriever.search(question, top_k or self.config.retriever.top_k)
         t1 = time.perf_counter()
         passages = [self.index.passages[h.index] for h in hits]
         predictions = self.reader.predict([(question, p.text) for p in passages])
         t2 = time.perf_counter()
-        evidences = [evidence_sentence(p.text, pred.start, pred.end) if pred else ""
-                     for p, pred in zip(passages, predictions)]
-        features = candidate_features(question, predictions, [h.dense for h in hits], evidences)
+        features: list[dict[str, float] | None] = [None] * len(predictions)
+        if self.calibrator is not None if with_features is None else with_features:
+            evidences = [evidence_sentence(p.text, pred.start, pred.end) if pred else ""
+                         for p, pred in zip(passages, predictions)]
+            features = candidate_features(question, predictions, [h.dense for h in hits], evidences)
         timings = {"retrieval": round((t1 - t0) * 1000, 1), "reader": round((t2 - t1) * 1000, 1)}
         weight = self.config.reader.rank_weight
         choices = [choice_score(p.confidence, rank, weight) if p else -1.0 for rank, p in enumerate(predictions)]

@@ -55,7 +55,7 @@ def load_questions(path: Path, split: str | None = None) -> list[dict]:
 
 
 def kb_record(pipeline: QAPipeline, q: dict) -> Record:
-    reading = pipeline.read(q["question"])
+    reading = pipeline.read(q["question"], with_features=True)
     answers = q.get("answers") or []
     labels = [int(bool(p) and q["kind"] == "answerable" and any(is_right(p.text, a) for a in answers))
               for p in reading.predictions]

@@ -104,12 +104,10 @@ def retrieved_negatives(examples: list[SquadExample], share: float, seed: int) -
     """For a share of the answerable questions, the same question over the passage of its article
     that BM25 ranks first among those without any gold answer text: labelled no-answer."""
     rng = random.Random(seed)
-    by_article: dict[str, list[str]] = {}
+    paragraphs: dict[str, dict[str, None]] = {}  # title -> its paragraphs, in order, once each
     for ex in examples:
-        contexts = by_article.setdefault(ex.title, [])
-        if not contexts or contexts[-1] != ex.context:
-            if ex.context not in contexts:
-                contexts.append(ex.context)
+        paragraphs.setdefault(ex.title, {})[ex.context] = None
+    by_article = {title: list(texts) for title, texts in paragraphs.items()}
     indexes: dict[str, BM25] = {}
     negatives = []
     for ex in examples:
@@ -118,7 +116,9 @@ def retrieved_negatives(examples: list[SquadExample], share: float, seed: int) -
         contexts = by_article[ex.title]
         if len(contexts) < 2:
             continue
-        index = indexes.get(ex.title) or indexes.setdefault(ex.title, BM25.build(contexts))
+        if ex.title not in indexes:
+            indexes[ex.title] = BM25.build(contexts)
+        index = indexes[ex.title]
         answers = [a.lower() for a in ex.answers]
         for i in index.search(ex.question, 5):
             text = contexts[i]
