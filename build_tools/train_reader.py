@@ -191,6 +191,9 @@ def parse_args(argv: list[str] | None):
                    help="share of answerable questions also paired with a retrieved passage lacking the answer")
     p.add_argument("--train-word-embeddings", action="store_true",
                    help="also update the 30k-row embedding matrix (slower on CPU, little gain)")
+    p.add_argument("--attention-dropout", type=float, default=0.0,
+                   help="dropout on attention probabilities; >0 forces the slow attention path on CPU "
+                        "(a 32x12x256x256 random mask per layer: 3x slower steps, measured)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--export-snapshot", default=None, metavar="DIR",
                    help="write the job's current checkpoint as a model dir and exit")
@@ -231,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
              steps_per_epoch=steps_per_epoch, total_steps=total_steps, bf16=use_bf16, device=device,
              jemalloc=jemalloc_loaded(), threads=args.threads, prep_s=round(time.time() - t0, 1), out=str(out))
 
-    model = AutoModelForQuestionAnswering.from_pretrained(base, attn_implementation="sdpa")
+    model = AutoModelForQuestionAnswering.from_pretrained(base, attn_implementation="sdpa",
+                                                          attention_probs_dropout_prob=args.attention_dropout)
     if not args.train_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -240,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     record = {"base": str(base), "data": args.data, "features_per_epoch": len(features),
               "retrieved_negatives": len(negatives), "epochs": args.epochs, "planned_steps": total_steps,
               "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size, "lr": args.lr,
-              "keep_negative": args.keep_negative, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
+              "keep_negative": args.keep_negative,
+              "attention_dropout": args.attention_dropout, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
     step = 0
     if ckpt.exists():
         state = load_checkpoint(ckpt, model, optimizer, scheduler)
@@ -252,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     model.to(device).train()
     loss_fn = torch.nn.CrossEntropyLoss()
     session = {"started_step": step, "bf16": use_bf16, "device": device, "jemalloc": jemalloc_loaded(),
+               "attention_dropout": args.attention_dropout,
                "windows": 0, "minutes": 0.0}
     record["sessions"] = [*record["sessions"], session]
     started = time.time()
