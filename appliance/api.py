@@ -6,7 +6,8 @@ Requests are one JSON object per line with a ``type``: ``ask`` (``question``, op
 heard, answered, speaking, barge-in, done, audio-error) or ``listen`` (push-to-talk: start hearing
 a question now). Every request gets exactly one response line, echoing its ``id``; bad requests
 get ``{"type": "error"}`` and the connection stays usable, except after an over-long line, which
-closes it.
+closes it. The daemon (``appliance.daemon``) runs this server; message shapes are in
+``appliance.schema``.
 """
 from __future__ import annotations
 
@@ -15,25 +16,22 @@ import contextlib
 import json
 import logging
 import os
-import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from appliance.client import socket_in_use
+from appliance.config import ApiConfig
 from appliance.errors import ApplianceError, is_fatal
-from appliance.index import kb_outline
 from appliance.pipeline import QAPipeline
-from appliance.service import notify, watchdog_period
+from appliance.schema import REQUEST_TYPES, Answered, kb_outline
+from appliance.schema import error_reply as error
 
 log = logging.getLogger(__name__)
 
 
 MAX_EVENT_BACKLOG = 1 << 20  # a subscriber that lets this much pile up unread is dropped
-
-
-def error(message: str, code: str, request_id: Any = None) -> dict:
-    return {"type": "error", "id": request_id, "code": code, "error": message}
 
 
 def encode_line(message: dict) -> bytes:
@@ -68,18 +66,8 @@ def _request_id(line: bytes) -> Any:
     return request_id if valid_id(request_id) else None
 
 
-def socket_in_use(path: Path) -> bool:
-    """True when a live server answers on ``path`` (a stale file from a crash does not count)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-            return True
-        except OSError:
-            return False
-
-
 class ApiServer:
-    def __init__(self, pipeline: QAPipeline, socket_path: Path, max_line_bytes: int = 65536):
+    def __init__(self, pipeline: QAPipeline, socket_path: Path, max_line_bytes: int = ApiConfig.max_line_bytes):
         self.pipeline = pipeline
         self.socket_path = Path(socket_path)
         self.max_line_bytes = max_line_bytes
@@ -210,8 +198,7 @@ class ApiServer:
                              request_id)
             return {"type": "listening", "id": request_id}
         if kind != "ask":
-            return error(f"unknown request type {kind!r} (ask, outline, ping, subscribe, listen)", "unknown_type",
-                         request_id)
+            return error(f"unknown request type {kind!r} ({', '.join(REQUEST_TYPES)})", "unknown_type", request_id)
         question, top_k = request.get("question"), request.get("top_k")
         if not isinstance(question, str):
             return error("'question' must be a string", "bad_question", request_id)
@@ -229,32 +216,5 @@ class ApiServer:
         log.info(json.dumps({"event": "answered", "abstained": answer.abstained, "confidence": answer.confidence,
                              **{f"{k}_ms": v for k, v in answer.timings_ms.items()}}))
         if self.subscribers:  # serialise the answer a second time only when someone listens
-            self.publish({"event": "answered", "via": "api", "answer": answer.to_json()})
+            self.publish(Answered(answer, via="api").to_json())
         return {"type": "answer", "id": request_id, "answer": answer.to_json()}
-
-
-async def _watchdog(period: float) -> None:
-    """Ping systemd from the event loop itself: a stuck loop stops the pings and gets restarted."""
-    while True:
-        notify("WATCHDOG=1")
-        await asyncio.sleep(period)
-
-
-async def serve(pipeline: QAPipeline, socket_path: Path, max_line_bytes: int,
-                on_started: Callable[[ApiServer], None] | None = None) -> None:
-    """Run the API until cancelled; ``on_started`` wires other front ends (the voice loop) to it."""
-    server = ApiServer(pipeline, socket_path, max_line_bytes)
-    await server.start()
-    if on_started:
-        on_started(server)
-    log.info("listening on %s", socket_path)
-    notify(f"READY=1\nSTATUS=answering on {socket_path}")
-    period = watchdog_period()
-    pinger = asyncio.create_task(_watchdog(period)) if period else None
-    try:
-        await server.server.serve_forever()
-    finally:
-        notify("STOPPING=1")
-        if pinger:
-            pinger.cancel()
-        await server.close()

@@ -1,4 +1,5 @@
-"""`appliance` command line: ask a question, build the index."""
+"""`appliance` command line: parses the arguments and hands them to the runtime (ask, index, tui,
+wyoming) or the daemon (serve)."""
 from __future__ import annotations
 
 import argparse
@@ -49,14 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from appliance.pipeline import QAPipeline, normalize_question
+    from appliance import runtime
+    from appliance.pipeline import normalize_question
 
     config = load_config(args.config)
     normalize_question(args.question, config.ask.max_question_chars)  # reject bad input before loading models
     if args.top_k is not None and not 1 <= args.top_k <= 50:
         raise ApplianceError("--top-k must be between 1 and 50")
     started = time.perf_counter()
-    pipeline = QAPipeline(config, args.kb, args.index)
+    pipeline = runtime.load_pipeline(config, args.kb, args.index)
     load_ms = (time.perf_counter() - started) * 1000
     answer = pipeline.ask(args.question, args.top_k)
     if args.json:
@@ -79,16 +81,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from appliance.encoder import SentenceEncoder
-    from appliance.index import build_index
+    from appliance import runtime
 
-    config = load_config(args.config)
-    kb = args.kb or config.resolve(config.paths.kb)
-    index_dir = args.index or config.resolve(config.paths.index)
-    encoder = SentenceEncoder(config.resolve(config.paths.retriever_model), config.retriever.max_length,
-                              config.retriever.threads)
-    summary = build_index(kb, index_dir, encoder, config.ingest.max_passage_words, config.ingest.max_file_bytes,
-                          progress=sys.stderr.isatty())
+    summary = runtime.build_index(load_config(args.config), args.kb, args.index, progress=sys.stderr.isatty())
     print(f"Indexed {summary.documents} documents into {summary.passages} passages in {summary.seconds:.1f} s "
           f"→ {summary.path}")
     print(f"Skipped {len(summary.skipped)} file(s)" + (":" if summary.skipped else "."))
@@ -98,92 +93,25 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from appliance.pipeline import QAPipeline
+    from appliance.daemon import ServeOptions, serve
 
     logging.getLogger().setLevel(logging.INFO)
-    config = load_config(args.config)
-    if args.input:
-        return _serve_files(args, config)
-    if args.output:
-        raise ApplianceError("--output goes with --input")
-    from appliance.speech.whisper import preload
-
-    preload(config)  # first, while the process is small (its int8 conversion peaks at load)
-    pipeline = QAPipeline(config, args.kb, args.index)
-    return _serve_daemon(args, config, pipeline)
-
-
-def _serve_files(args: argparse.Namespace, config) -> int:
-    """The voice pipeline on WAV files: one JSON line per question on stdout, answers as WAVs."""
-    from appliance.pipeline import QAPipeline
-    from appliance.voice import answer_files
-
-    missing = [str(p) for p in args.input if not p.is_file()]
-    if missing:
-        raise ApplianceError(f"input file(s) not found: {', '.join(missing)}")
-    pipeline = QAPipeline(config, args.kb, args.index)
-    out_dir = args.output or config.resolve(Path("run/voice-out"))
-    for turn in answer_files(config, pipeline, args.input, out_dir, args.listen or "always"):
-        print(json.dumps({"heard": turn.transcript, "said": turn.spoken, "barged_in": turn.barged_in,
-                          "timings_ms": turn.timings_ms}, ensure_ascii=False), flush=True)
-    return 0
-
-
-def _serve_daemon(args: argparse.Namespace, config, pipeline) -> int:
-    import asyncio
-    import signal
-
-    from appliance.api import ApiServer, serve
-
-    socket_path = args.socket or config.resolve(config.api.socket)
-    if args.listen:
-        config.speech.listen = args.listen
-    voice = []
-
-    def start_voice(server: ApiServer) -> None:
-        if args.no_voice or not config.speech.enabled:
-            return
-        from appliance.daemon import VoiceService
-
-        def ask(question: str):
-            return server.executor.submit(pipeline.ask, question).result()
-
-        service = VoiceService(config, pipeline, ask, server.publish)
-        server.on_listen = service.push_to_talk
-        service.start()
-        voice.append(service)
-
-    async def run() -> None:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await serve(pipeline, socket_path, config.api.max_line_bytes, start_voice)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            for service in voice:
-                service.stop()
-
-    asyncio.run(run())
-    return 0
+    return serve(load_config(args.config), ServeOptions(args.kb, args.index, args.socket, args.listen, not args.no_voice,
+                                                        args.input, args.output))
 
 
 def cmd_wyoming(args: argparse.Namespace) -> int:
     import asyncio
 
-    from appliance.pipeline import QAPipeline
-    from appliance.wyoming_server import build_service, run_wyoming
+    from appliance import runtime
+    from appliance.wyoming_server import run_wyoming
 
     logging.getLogger().setLevel(logging.INFO)
     if not args.uri.startswith(("tcp://", "unix://")):
         raise ConfigError(f"--uri must be tcp://HOST:PORT or unix://PATH, got {args.uri!r}")
     config = load_config(args.config)
-    from appliance.speech.whisper import preload
-
-    preload(config)  # before the QA models: see cmd_serve
-    service = build_service(config, QAPipeline(config, args.kb, args.index))
+    runtime.preload_speech(config)  # before the QA models (daemon peak RSS)
+    service = runtime.wyoming_service(config, runtime.load_pipeline(config, args.kb, args.index))
     try:
         asyncio.run(run_wyoming(args.uri, service))
     except OSError as exc:

@@ -1,4 +1,5 @@
-"""Blocking client of the local JSON-lines API (used by the TUI and by other programs)."""
+"""Blocking client of the local JSON-lines API (used by the TUI and by other programs). Needs only
+the standard library and ``appliance.schema``: no models, numpy or faiss."""
 from __future__ import annotations
 
 import itertools
@@ -6,9 +7,18 @@ import json
 import socket
 from pathlib import Path
 
-from appliance.answer import Answer
 from appliance.errors import ApplianceError
-from appliance.index import OutlineDocument
+from appliance.schema import Answer, Ask, GetOutline, OutlineDocument
+
+
+def socket_in_use(path: Path) -> bool:
+    """True when a live server answers on ``path`` (a stale file from a crash does not count)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+            return True
+        except OSError:
+            return False
 
 
 class ApiError(ApplianceError):
@@ -48,13 +58,10 @@ class ApiClient:
         return response
 
     def ask(self, question: str, top_k: int | None = None) -> Answer:
-        message = {"type": "ask", "question": question}
-        if top_k is not None:
-            message["top_k"] = top_k
-        return Answer.from_json(self.request(message)["answer"])
+        return Answer.from_json(self.request(Ask(question=question, top_k=top_k).to_json())["answer"])
 
     def outline(self) -> list[OutlineDocument]:
-        return [OutlineDocument.from_json(d) for d in self.request({"type": "outline"})["documents"]]
+        return [OutlineDocument.from_json(d) for d in self.request(GetOutline().to_json())["documents"]]
 
     def close(self) -> None:
         self.stream.close()

@@ -5,60 +5,29 @@ product equals cosine similarity.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from appliance.artifacts import load_verified_manifest, model_file
+from appliance.config import RetrieverConfig
 from appliance.errors import ModelError
-from appliance.packed import add_packed_weights
+from appliance.model_dir import ModelDir
 from appliance.windows import load_tokenizer
 
 
-def make_session(path: Path, threads: int, packed_weights: Path | None = None) -> ort.InferenceSession:
-    """One ORT session; ``packed_weights`` supplies the clustered tensors of a packed model."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    keep_alive = add_packed_weights(options, packed_weights) if packed_weights else []  # noqa: F841 - until loaded
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind types; say which model failed
-        raise ModelError(f"cannot load {path}: {exc}") from None
-
-
-def model_fingerprint(manifest: dict, onnx_path: Path, weights: Path | None) -> str:
-    """sha256 of the ONNX file, or of the ONNX and packed-weights hashes together: what an index
-    records so that vectors from another encoder are never mixed with this one's."""
-    files = manifest["files"]
-    onnx_sha = files.get(onnx_path.name, {}).get("sha256", "")
-    if weights is None:
-        return onnx_sha
-    return hashlib.sha256(f"{onnx_sha}:{files[weights.name]['sha256']}".encode()).hexdigest()
-
-
-def packed_weights_file(model_dir: Path, manifest: dict) -> Path | None:
-    """The packed-weights file of a clustered model (manifest role "weights"), else None."""
-    return model_file(model_dir, manifest, "weights") if "weights" in manifest.get("roles", {}) else None
-
-
 class SentenceEncoder:
-    """Owns one ORT session; encodes batches of texts into unit vectors."""
+    """Owns one ORT session; encodes batches of texts into unit vectors. Token limit and threads
+    come from the retriever's config section (``retriever.max_length``, ``retriever.threads``)."""
 
-    def __init__(self, model_dir: Path, max_length: int = 256, threads: int = 2, onnx_name: str | None = None):
-        self.model_dir = Path(model_dir)
-        self.manifest = load_verified_manifest(self.model_dir)
-        onnx_path = self.model_dir / onnx_name if onnx_name else model_file(self.model_dir, self.manifest, "onnx")
-        self.tokenizer = load_tokenizer(model_file(self.model_dir, self.manifest, "tokenizer"))
-        self.tokenizer.enable_truncation(max_length)
-        weights = packed_weights_file(self.model_dir, self.manifest)
-        self.session = make_session(onnx_path, threads, weights)
+    def __init__(self, model: ModelDir | Path, config: RetrieverConfig, onnx_name: str | None = None):
+        self.files = ModelDir.open(model)  # the verified model directory
+        self.model_dir, self.manifest = self.files.path, self.files.manifest
+        self.tokenizer = load_tokenizer(self.files.file("tokenizer"))
+        self.tokenizer.enable_truncation(config.max_length)
+        self.session = self.files.session(config.threads, onnx_name)
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self._check_signature(onnx_path)
-        self.sha256 = model_fingerprint(self.manifest, onnx_path, weights)
+        self._check_signature(self.files.onnx(onnx_name))
+        self.sha256 = self.files.fingerprint(onnx_name)
 
     def _check_signature(self, onnx_path: Path) -> None:
         """Token ids in, [batch, sequence, dim] hidden states out: another model's ONNX (the reader's,

@@ -1,6 +1,8 @@
 """Errors the appliance reports to people: each says what is wrong and what to do."""
 from __future__ import annotations
 
+import errno
+
 
 class ApplianceError(Exception):
     """Base class: the CLI prints the message and exits non-zero, never a traceback."""
@@ -34,6 +36,15 @@ class StorageError(ApplianceError):
     """The index cannot be written (disk full, read-only or no permission); the previous index is kept."""
 
     exit_code = 5
+
+
+# The disk refused a write: an index build fails as a whole and commits nothing (an optional step
+# that fails for another reason, such as espeak-ng missing, is skipped with a warning instead).
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
 
 
 def is_fatal(exc: BaseException) -> bool:

@@ -1,9 +1,11 @@
 """Build and load the knowledge-base index atomically.
 
 Layout: ``INDEX/current`` is a symlink to ``INDEX/v-<timestamp>/`` holding passages.jsonl,
-dense.faiss, bm25.json and manifest.json. A build writes a new version in a temporary
-directory, renames it, then swaps the symlink with one rename: a crash at any point leaves the
-previous index intact, and a reader sees either the old or the new version, never a mix.
+dense.faiss, bm25.json and manifest.json, plus whatever the build's extra steps write (the KB
+speech adaptation, composed in by ``appliance.runtime``). A build writes a new version in a
+temporary directory, runs the steps on it, renames it, then swaps the symlink with one rename: a
+crash at any point leaves the previous index intact, and a reader sees either the old or the new
+version, never a mix. Storage only: this module knows nothing of speech.
 """
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,17 +24,18 @@ import faiss
 import numpy as np
 
 from appliance.bm25 import BM25
+from appliance.config import IngestConfig
 from appliance.encoder import SentenceEncoder
 from appliance.errors import IndexMissingError, IngestError, StorageError
 from appliance.ingest import Passage, document_passages, escapes_root, iter_kb_files, read_document, safe_name
 
 log = logging.getLogger(__name__)
 CURRENT = "current"
-ADAPTATION_DIR = "asr"  # the speech recogniser's KB language model, dictionary and word list
 FILES = ("passages.jsonl", "dense.faiss", "bm25.json", "manifest.json")
-# The disk refused a write: the build fails as a whole and nothing is committed (a speech adaptation
-# that fails for another reason, such as espeak-ng missing, is skipped with a warning instead).
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
+SPEECH_ADAPTATION = "asr_adaptation"  # the manifest entry of the KB speech adaptation step
+# An extra build step: writes into the staged version folder, returns its manifest record (None:
+# skipped). A step's OSError fails the whole build, so a version is never committed half-written.
+IndexStep = Callable[[list[Passage], Path], "dict | None"]
 
 
 @dataclass
@@ -45,27 +48,35 @@ class IndexSummary:
 
 
 @dataclass
-class LoadedIndex:
+class IndexVersion:
+    """One committed version, loaded: what retrieval searches and what the voice stack adapts to."""
+
     passages: list[Passage]
     dense: faiss.Index
     bm25: BM25
     manifest: dict
     path: Path
 
+    @property
+    def speech_adaptation(self) -> Path | None:
+        """The folder of the KB speech adaptation built with this version; None when none was."""
+        record = self.manifest.get(SPEECH_ADAPTATION)
+        return self.path / record.get("dir", "asr") if isinstance(record, dict) else None
 
-def collect_passages(kb_dir: Path, max_words: int, max_bytes: int, summary: IndexSummary) -> list[Passage]:
+
+def collect_passages(kb_dir: Path, ingest: IngestConfig, summary: IndexSummary) -> list[Passage]:
     passages: list[Passage] = []
     for path in iter_kb_files(kb_dir):
         if escapes_root(path, kb_dir):
             summary.skipped.append(f"{safe_name(path)}: symlink leaves the knowledge-base root, not followed")
             continue
         try:
-            doc = read_document(path, kb_dir, max_bytes)
+            doc = read_document(path, kb_dir, ingest.max_file_bytes)
         except IngestError as exc:
             summary.skipped.append(str(exc))
             continue
         summary.documents += 1
-        passages += document_passages(doc, max_words)
+        passages += document_passages(doc, ingest.max_passage_words)
     return passages
 
 
@@ -80,13 +91,16 @@ def _encode_with_progress(encoder: SentenceEncoder, texts: list[str], show: bool
     return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype=np.float32)
 
 
-def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, max_words: int = 180,
-                max_bytes: int = 20_000_000, progress: bool = False, speech_adaptation: bool = True) -> IndexSummary:
+def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, ingest: IngestConfig | None = None,
+                progress: bool = False, steps: Mapping[str, IndexStep] | None = None) -> IndexSummary:
+    """Index the KB as a new version and make it current; ``steps`` add their output to the version
+    before it is committed (name → step; each record lands in the manifest under its name)."""
     started = time.time()
+    ingest = ingest or IngestConfig()
     summary = IndexSummary()
     if not kb_dir.is_dir():
         raise IndexMissingError(f"knowledge-base directory not found: {kb_dir}")
-    passages = collect_passages(kb_dir, max_words, max_bytes, summary)
+    passages = collect_passages(kb_dir, ingest, summary)
     for warning in summary.skipped:
         log.warning("skipped %s", warning)
     if not passages:
@@ -109,12 +123,12 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, max_wor
         BM25.build(search_texts).save(tmp / "bm25.json")
         with open(tmp / "passages.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in passages)
-        asr = _build_speech_adaptation(passages, tmp / ADAPTATION_DIR) if speech_adaptation else None
+        records = {name: step(passages, tmp) for name, step in (steps or {}).items()}
         manifest = {
-            "asr_adaptation": asr, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kb": str(kb_dir.resolve()),
+            **records, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kb": str(kb_dir.resolve()),
             "documents": summary.documents, "passages": len(passages), "skipped": len(summary.skipped),
             "encoder_sha256": encoder.sha256, "dim": int(vectors.shape[1]),
-            "max_passage_words": max_words, "build_seconds": round(time.time() - started, 2),
+            "max_passage_words": ingest.max_passage_words, "build_seconds": round(time.time() - started, 2),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         _fsync_dir_files(tmp)
@@ -144,23 +158,6 @@ def _write_faiss(dense: faiss.Index, path: Path) -> None:
         faiss.write_index(dense, str(path))
     except RuntimeError as exc:
         raise OSError(errno.EIO, f"writing {path.name} failed ({str(exc).strip().splitlines()[-1][:200]})") from None
-
-
-def _build_speech_adaptation(passages: list[Passage], out_dir: Path) -> dict | None:
-    """The recogniser's KB language model; an index without it still answers typed questions."""
-    from appliance.speech.adapt import build_adaptation
-    from appliance.speech.asr import pocketsphinx_model_dir
-
-    headings = sorted({h for p in passages for h in (p.doc_title, *p.section)})
-    try:
-        return build_adaptation([p.text for p in passages], headings,
-                                pocketsphinx_model_dir() / "cmudict-en-us.dict", out_dir)
-    except (OSError, ImportError, ValueError, subprocess.SubprocessError) as exc:
-        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-            raise  # a full or read-only disk fails the build: never commit an index without its adaptation
-        log.warning("speech adaptation skipped: %s", exc)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return None
 
 
 def _fsync_dir_files(directory: Path) -> None:
@@ -202,43 +199,11 @@ def _remove_old_versions(index_dir: Path, keep_previous: int = 1) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class OutlineSection:
-    path: tuple[str, ...]
-    text: str
-
-
-@dataclass(frozen=True)
-class OutlineDocument:
-    title: str
-    source: str
-    sections: list[OutlineSection]
-
-    def to_json(self) -> dict:
-        return {"title": self.title, "source": self.source,
-                "sections": [{"path": list(s.path), "text": s.text} for s in self.sections]}
-
-    @classmethod
-    def from_json(cls, data: dict) -> OutlineDocument:
-        return cls(data["title"], data["source"],
-                   [OutlineSection(tuple(s["path"]), s["text"]) for s in data["sections"]])
-
-
-def kb_outline(passages: list[Passage]) -> list[OutlineDocument]:
-    """Documents → sections → text, rebuilt from the indexed passages (what the TUI browses)."""
-    docs: dict[str, tuple[str, dict[tuple[str, ...], list[str]]]] = {}
-    for p in passages:
-        _, sections = docs.setdefault(p.source, (p.doc_title, {}))
-        sections.setdefault(p.section, []).append(p.text)
-    return [OutlineDocument(title, source, [OutlineSection(path, "\n".join(texts)) for path, texts in sections.items()])
-            for source, (title, sections) in sorted(docs.items(), key=lambda item: item[1][0].lower())]
-
-
 def index_exists(index_dir: Path) -> bool:
     return (index_dir / CURRENT / "manifest.json").is_file()
 
 
-def load_index(index_dir: Path, attempts: int = 3) -> LoadedIndex:
+def load_index(index_dir: Path, attempts: int = 3) -> IndexVersion:
     """Load the version ``current`` points at (resolved once, so files come from one version).
 
     If that version disappears while it is being read (two rebuilds in quick succession), the
@@ -261,7 +226,7 @@ def load_index(index_dir: Path, attempts: int = 3) -> LoadedIndex:
     raise AssertionError("unreachable")
 
 
-def _load_version(version: Path) -> LoadedIndex:
+def _load_version(version: Path) -> IndexVersion:
     manifest = json.loads((version / "manifest.json").read_text(encoding="utf-8"))
     with open(version / "passages.jsonl", encoding="utf-8") as fh:
         passages = [Passage.from_json(json.loads(line)) for line in fh]
@@ -269,4 +234,4 @@ def _load_version(version: Path) -> LoadedIndex:
     bm25 = BM25.load(version / "bm25.json")
     if dense.ntotal != len(passages) or manifest.get("passages") != len(passages):
         raise ValueError(f"{version} is inconsistent: {dense.ntotal} vectors, {len(passages)} passages")
-    return LoadedIndex(passages, dense, bm25, manifest, version)
+    return IndexVersion(passages, dense, bm25, manifest, version)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from appliance.errors import IngestError
@@ -27,33 +26,11 @@ from appliance.formats import (  # noqa: F401 - the readers are part of this mod
     read_text,
     safe_name,
 )
+from appliance.schema import Passage  # noqa: F401 - what this module produces
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = {".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".xml"}
-
-
-@dataclass(frozen=True)
-class Passage:
-    doc_title: str
-    source: str
-    section: tuple[str, ...]
-    text: str
-
-    @property
-    def citation(self) -> str:
-        return " > ".join((self.doc_title, *self.section))
-
-    def search_text(self) -> str:
-        """What the retrievers see: headings carry much of a passage's topic."""
-        return f"{self.citation}. {self.text}"
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> Passage:
-        return cls(data["doc_title"], data["source"], tuple(data["section"]), data["text"])
 
 
 # --- files ---------------------------------------------------------------------------------

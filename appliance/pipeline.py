@@ -1,25 +1,19 @@
-"""Question → passages → answer, with per-stage timings. Front ends call only this."""
+"""Question → passages → answer, with per-stage timings. Front ends call only this; it is
+composed from its parts by ``appliance.runtime``."""
 from __future__ import annotations
 
-import logging
 import time
 import unicodedata
-from pathlib import Path
-
 from dataclasses import dataclass
 
-from appliance.answer import Answer, Source
-from appliance.artifacts import model_file
 from appliance.calibrator import Calibrator, candidate_features
-from appliance.config import Config
-from appliance.encoder import SentenceEncoder
-from appliance.errors import BadQuestionError, IndexMissingError
-from appliance.index import build_index, index_exists, load_index
-from appliance.ingest import Passage, split_sentences
+from appliance.config import AskConfig, ReaderConfig
+from appliance.errors import BadQuestionError
+from appliance.index import IndexVersion
+from appliance.ingest import split_sentences
 from appliance.reader import Reader, SpanPrediction
 from appliance.retriever import Hit, Retriever
-
-log = logging.getLogger(__name__)
+from appliance.schema import Answer, Passage, Source
 
 
 def normalize_question(raw: str, max_chars: int) -> str:
@@ -76,55 +70,21 @@ def choice_score(confidence: float, rank: int, rank_weight: float) -> float:
     return confidence / (rank + 1) ** rank_weight
 
 
-def load_calibrator(reader: Reader) -> Calibrator | None:
-    """The reader's calibrator, when its manifest names one (models without one abstain on the
-    choice score itself)."""
-    if "calibrator" not in reader.manifest.get("roles", {}):
-        return None
-    return Calibrator.load(model_file(reader.model_dir, reader.manifest, "calibrator"))
-
-
-def _source(p: Passage) -> Source:
-    return Source(p.doc_title, p.source, p.section)
-
-
 class QAPipeline:
-    def __init__(self, config: Config, kb: Path | None = None, index: Path | None = None,
-                 build_if_missing: bool = True):
-        self.config = config
-        paths = config.paths
-        self.kb = kb or config.resolve(paths.kb)
-        self.index_dir = index or config.resolve(paths.index)
-        rc, qc = config.retriever, config.reader
-        self.encoder = SentenceEncoder(config.resolve(paths.retriever_model), rc.max_length, rc.threads)
-        if build_if_missing and not index_exists(self.index_dir):
-            build_index(self.kb, self.index_dir, self.encoder, config.ingest.max_passage_words,
-                        config.ingest.max_file_bytes)
-        self.index = load_index(self.index_dir)
-        if self.index.manifest.get("encoder_sha256") != self.encoder.sha256:
-            self.index = self._index_for_this_encoder(build_if_missing)
-        self.retriever = Retriever(self.encoder, self.index.dense, self.index.bm25, rc.mode, rc.candidates, rc.rrf_k,
-                                   rc.dense_weight)
-        self.reader = Reader(config.resolve(paths.reader_model), qc.max_length, qc.stride,
-                             qc.max_answer_tokens, qc.threads)
-        self.calibrator = load_calibrator(self.reader)
+    """Retriever + reader (+ calibrator) over one index version. Its own settings are the question
+    limits (``ask``) and the answer decision (``reader.threshold``, ``reader.rank_weight``)."""
 
-    def _index_for_this_encoder(self, rebuild: bool):
-        """The index's vectors came from another retriever model (e.g. after a model update):
-        their similarities to this encoder's questions would be meaningless."""
-        if not rebuild:
-            raise IndexMissingError(f"index at {self.index_dir} was built with a different retriever model; "
-                                    f"rebuild it with: appliance index --index {self.index_dir}")
-        log.warning("index at %s was built with a different retriever model: rebuilding it", self.index_dir)
-        build_index(self.kb, self.index_dir, self.encoder, self.config.ingest.max_passage_words,
-                    self.config.ingest.max_file_bytes)
-        return load_index(self.index_dir)
+    def __init__(self, index: IndexVersion, retriever: Retriever, reader: Reader, calibrator: Calibrator | None,
+                 ask: AskConfig, decision: ReaderConfig):
+        self.index, self.retriever, self.reader, self.calibrator = index, retriever, reader, calibrator
+        self.encoder = retriever.encoder
+        self.limits, self.decision = ask, decision
 
     def read(self, question: str, top_k: int | None = None, with_features: bool | None = None) -> Reading:
         """Retrieve and read, scoring every passage's best span; no decision yet. Calibrator
         features are computed when a calibrator needs them or the caller asks (evaluation)."""
         t0 = time.perf_counter()
-        hits = self.retriever.search(question, top_k or self.config.retriever.top_k)
+        hits = self.retriever.search(question, top_k)
         t1 = time.perf_counter()
         passages = [self.index.passages[h.index] for h in hits]
         predictions = self.reader.predict([(question, p.text) for p in passages])
@@ -135,7 +95,7 @@ class QAPipeline:
                          for p, pred in zip(passages, predictions)]
             features = candidate_features(question, predictions, [h.dense for h in hits], evidences)
         timings = {"retrieval": round((t1 - t0) * 1000, 1), "reader": round((t2 - t1) * 1000, 1)}
-        weight = self.config.reader.rank_weight
+        weight = self.decision.rank_weight
         choices = [choice_score(p.confidence, rank, weight) if p else -1.0 for rank, p in enumerate(predictions)]
         return Reading(question, hits, passages, predictions, features, self._probabilities(choices, features),
                        timings, choices)
@@ -148,28 +108,28 @@ class QAPipeline:
     def check_question_tokens(self, question: str) -> None:
         """BadQuestionError for a question too long for the reader's window: 249 one-letter words are
         under the character limit but would leave no room for the passage (a tokenizer panic)."""
-        limit = self.config.ask.max_question_tokens
+        limit = self.limits.max_question_tokens
         count = len(self.reader.tokenizer.encode(question, add_special_tokens=False).ids)
         if count > limit:
             raise BadQuestionError(f"the question is {count} tokens long; the limit is {limit} "
                                    f"(ask it in fewer words)")
 
     def ask(self, question: str, top_k: int | None = None) -> Answer:
-        question = normalize_question(question, self.config.ask.max_question_chars)
+        question = normalize_question(question, self.limits.max_question_chars)
         self.check_question_tokens(question)
         reading = self.read(question, top_k)
         timings = dict(reading.timings_ms)
-        candidates = [_source(p) for p in reading.passages]
+        candidates = [Source.of(p) for p in reading.passages]
         chosen = reading.best()
         if chosen is None:
             return Answer(question, "", 0.0, True, candidates[0] if candidates else None, "", "", 0, 0,
                           timings, candidates)
         pred, passage = reading.predictions[chosen], reading.passages[chosen]
         probability = reading.probabilities[chosen]
-        abstained = probability < self.config.reader.threshold
+        abstained = probability < self.decision.threshold
         return Answer(
             question=question, text="" if abstained else pred.text, confidence=round(probability, 4),
-            abstained=abstained, source=_source(passage),
+            abstained=abstained, source=Source.of(passage),
             evidence=evidence_sentence(passage.text, pred.start, pred.end), passage=passage.text,
             start=pred.start, end=pred.end, timings_ms=timings, candidates=candidates,
         )

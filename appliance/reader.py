@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.artifacts import load_verified_manifest, model_file
-from appliance.encoder import make_session, packed_weights_file
+from appliance.config import ReaderConfig
+from appliance.model_dir import ModelDir
 from appliance.windows import Window, load_tokenizer, make_windows
 
 
@@ -74,16 +74,15 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, window: Window,
 
 
 class Reader:
-    """Owns one ORT session; maps (question, context) pairs to their best spans."""
+    """Owns one ORT session; maps (question, context) pairs to their best spans. Windowing and
+    threads come from the reader's config section."""
 
-    def __init__(self, model_dir: Path, max_length: int = 256, stride: int = 96,
-                 max_answer_tokens: int = 30, threads: int = 2, onnx_name: str | None = None):
-        self.model_dir = Path(model_dir)
-        self.manifest = load_verified_manifest(self.model_dir)
-        onnx_path = self.model_dir / onnx_name if onnx_name else model_file(self.model_dir, self.manifest, "onnx")
-        self.tokenizer = load_tokenizer(model_file(self.model_dir, self.manifest, "tokenizer"))
-        self.session = make_session(onnx_path, threads, packed_weights_file(self.model_dir, self.manifest))
-        self.max_length, self.stride, self.max_answer_tokens = max_length, stride, max_answer_tokens
+    def __init__(self, model: ModelDir | Path, config: ReaderConfig, onnx_name: str | None = None):
+        self.files = ModelDir.open(model)  # the verified model directory
+        self.model_dir, self.manifest = self.files.path, self.files.manifest
+        self.tokenizer = load_tokenizer(self.files.file("tokenizer"))
+        self.session = self.files.session(config.threads, onnx_name)
+        self.max_length, self.stride, self.max_answer_tokens = config.max_length, config.stride, config.max_answer_tokens
 
     def predict(self, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[SpanPrediction | None]:
         """Best span for every pair (None when no window has a context token)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import faiss
 import numpy as np
@@ -10,8 +11,22 @@ from appliance.bm25 import BM25
 from appliance.config import RetrieverConfig
 from appliance.encoder import SentenceEncoder
 
+MODES = ("hybrid", "dense", "bm25")
 
-_DEFAULTS = RetrieverConfig()
+
+class Searchable(Protocol):
+    """What retrieval needs of an index: an index version, or vectors and BM25 built in memory."""
+
+    dense: faiss.Index
+    bm25: BM25
+
+
+@dataclass(frozen=True)
+class SearchIndex:
+    """Passages indexed in memory (evaluations over a SQuAD file's paragraphs)."""
+
+    dense: faiss.Index
+    bm25: BM25
 
 
 @dataclass(frozen=True)
@@ -32,22 +47,23 @@ def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60,
 
 
 class Retriever:
-    def __init__(self, encoder: SentenceEncoder, dense: faiss.Index, bm25: BM25, mode: str = _DEFAULTS.mode,
-                 candidates: int = _DEFAULTS.candidates, rrf_k: int = _DEFAULTS.rrf_k,
-                 dense_weight: float = _DEFAULTS.dense_weight):
-        """Defaults are the shipped configuration's (RetrieverConfig), so whatever builds a
-        Retriever without naming a setting measures what the appliance runs."""
-        if mode not in {"hybrid", "dense", "bm25"}:
-            raise ValueError(f"retriever mode must be hybrid, dense or bm25, not {mode!r}")
-        self.encoder, self.dense, self.bm25 = encoder, dense, bm25
-        self.mode, self.candidates, self.rrf_k, self.dense_weight = mode, candidates, rrf_k, dense_weight
+    def __init__(self, encoder: SentenceEncoder, index: Searchable, config: RetrieverConfig):
+        """Settings come from the config section only, so whatever builds a Retriever from the
+        shipped configuration measures what the appliance runs."""
+        if config.mode not in MODES:
+            raise ValueError(f"retriever mode must be hybrid, dense or bm25, not {config.mode!r}")
+        self.encoder, self.dense, self.bm25, self.config = encoder, index.dense, index.bm25, config
+        self.mode, self.candidates, self.rrf_k, self.dense_weight = (config.mode, config.candidates, config.rrf_k,
+                                                                     config.dense_weight)
 
     def dense_rankings(self, questions: list[str], k: int) -> list[list[int]]:
         vectors = self.encoder.encode(questions)
         _, ids = self.dense.search(vectors, min(k, self.dense.ntotal))
         return [[int(i) for i in row if i >= 0] for row in ids]
 
-    def search(self, question: str, top_k: int) -> list[Hit]:
+    def search(self, question: str, top_k: int | None = None) -> list[Hit]:
+        """The ``top_k`` best passages (``retriever.top_k`` unless the caller asks for more or fewer)."""
+        top_k = top_k or self.config.top_k
         k = max(self.candidates, top_k)
         vector = self.encoder.encode([question])
         if self.mode == "bm25":

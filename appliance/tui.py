@@ -20,10 +20,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, Input, Label, Markdown, ProgressBar, Static, Tree
 
-from appliance.answer import Answer, Source
+from appliance.client import ApiClient, socket_in_use
 from appliance.config import Config
 from appliance.errors import ApplianceError
-from appliance.index import OutlineDocument, OutlineSection
+from appliance.schema import Answer, OutlineDocument, OutlineSection, Source, kb_outline
 
 
 class Backend(Protocol):
@@ -38,8 +38,6 @@ class LocalBackend:
     name = "in process"
 
     def __init__(self, pipeline):
-        from appliance.index import kb_outline
-
         self.pipeline = pipeline
         self._outline = kb_outline(pipeline.index.passages)
 
@@ -52,8 +50,6 @@ class LocalBackend:
 
 class SocketBackend:
     def __init__(self, socket_path: Path):
-        from appliance.client import ApiClient
-
         self.client = ApiClient(socket_path)
         self.name = f"daemon at {socket_path}"
 
@@ -65,15 +61,14 @@ class SocketBackend:
 
 
 def connect_backend(config: Config, kb: Path | None, index: Path | None, socket_path: Path | None) -> Backend:
-    """The daemon's socket when it answers, else the pipeline in this process."""
-    from appliance.api import socket_in_use
-
+    """The daemon's socket when it answers, else the pipeline in this process (built by the runtime,
+    imported only then: the TUI itself needs no numpy, faiss or onnxruntime)."""
     path = socket_path or config.resolve(config.api.socket)
     if path.exists() and socket_in_use(path):
         return SocketBackend(path)
-    from appliance.pipeline import QAPipeline
+    from appliance import runtime
 
-    return LocalBackend(QAPipeline(config, kb, index))
+    return LocalBackend(runtime.load_pipeline(config, kb, index))
 
 
 HELP = """\

@@ -13,19 +13,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from appliance.answer import Answer
-from appliance.config import Config
 from appliance.errors import ApplianceError
-from appliance.pipeline import QAPipeline
-from appliance.speech.adapt import Adaptation
-from appliance.speech.asr import PocketsphinxRecognizer, Recognizer, choose_engine, recognizer_from_config
+from appliance.schema import Answer, Answered, BargeIn, Done, Heard, Listening, Partial, Speaking, VoiceEvent, Wake
 from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE, Audio
-from appliance.speech.devices import WavFileSource, WavSink
-from appliance.speech.tts import Synthesizer, create_synthesizer
+from appliance.speech.recognizer import Recognizer
+from appliance.speech.tts import Synthesizer
 from appliance.speech.vad import Endpointer, EndpointSettings, SileroVad
 from appliance.speech.wake import WakePhraseSpotter
 
@@ -53,7 +48,8 @@ class Turn:
 
 @dataclass
 class VoiceParts:
-    """Everything the loop needs, built once (models are loaded here, not per question)."""
+    """Everything the loop needs, built once by ``runtime.voice_parts`` (models are loaded there,
+    not per question)."""
     recognizer: Recognizer
     vad: SileroVad
     synthesizer: Synthesizer
@@ -82,6 +78,10 @@ class VoiceLoop:
         self._turn: Turn | None = None
         self._speculating = False  # the recogniser is decoding the utterance heard so far
         self._last_voiced: float | None = None  # when the last speech frame of the question was heard
+
+    def _emit(self, event: VoiceEvent) -> None:
+        """Listeners get the wire form (what socket subscribers receive)."""
+        self.on_event(event.to_json())
 
     def push_to_talk(self) -> None:
         """Start listening for a question now (API 'listen' request, a button)."""
@@ -120,7 +120,7 @@ class VoiceLoop:
         self._preroll.append(frame)
         if self.listen == "wake":
             if self.parts.wake.detect(frame):
-                self.on_event({"event": "wake"})
+                self._emit(Wake())
                 self._start_hearing([])
         elif self.listen == "always":
             if self._endpointer.update(probability) == "start":
@@ -139,14 +139,14 @@ class VoiceLoop:
         self.parts.recognizer.start()
         self._speculating = False
         self._state = "hearing"
-        self.on_event({"event": "listening"})
+        self._emit(Listening())
         for frame in preroll:
             self._hear(frame)
 
     def _hear(self, frame: np.ndarray) -> None:
         partial = self.parts.recognizer.feed(frame)
         if partial is not None:
-            self.on_event({"event": "partial", "text": partial.text})
+            self._emit(Partial(partial.text))
 
     def _speculate(self) -> None:
         """A short pause: start decoding (Whisper); speech resumed: that decode is not the question."""
@@ -170,7 +170,7 @@ class VoiceLoop:
         timings = {"asr_final": _ms(heard - end_of_speech)}
         if self.parts.speculate_ms > 0 and hasattr(self.parts.recognizer, "speculate"):
             timings["asr_speculative_hit"] = float(speculated)
-        self.on_event({"event": "heard", "text": transcript})
+        self._emit(Heard(transcript))
         answer = None
         if not transcript:
             spoken = NOT_HEARD
@@ -179,7 +179,7 @@ class VoiceLoop:
                 answer = self.ask(transcript)
                 spoken = answer.spoken()
                 timings.update(answer.timings_ms)
-                self.on_event({"event": "answered", "answer": answer.to_json()})
+                self._emit(Answered(answer))
             except ApplianceError as exc:
                 log.warning("could not answer %r: %s", transcript, exc)
                 spoken = FAILED
@@ -196,7 +196,7 @@ class VoiceLoop:
                 timings["last_voice_to_first_audio"] = _ms(first - self._last_voiced)
         self._last_voiced = None
         timings["endpoint_silence"] = float(self.parts.endpoint.end_silence_ms)
-        self.on_event({"event": "speaking", "text": spoken})
+        self._emit(Speaking(spoken))
         log.info(json.dumps({"event": "question", "transcript": transcript, "abstained": answer.abstained if answer
                              else None, **{f"{k}_ms": v for k, v in timings.items()}}))
 
@@ -218,7 +218,7 @@ class VoiceLoop:
             self.sink.stop()
             self._speech = None
             self._turn.barged_in = True
-            self.on_event({"event": "barge-in"})
+            self._emit(BargeIn())
             yield self._finish_turn()
             self._start_hearing(list(self._preroll) + [frame])
             return
@@ -239,51 +239,9 @@ class VoiceLoop:
         self.sink.finish()
         turn, self._turn = self._turn, None
         self._preroll.clear()
-        self.on_event({"event": "done", "barged_in": turn.barged_in})
+        self._emit(Done(turn.barged_in))
         return turn
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
-
-
-def build_parts(config: Config, index_path: Path | None) -> VoiceParts:
-    """Load the speech models named by the config. ``index_path`` is the index version whose KB
-    language model adapts the recogniser (None or missing files: the stock model)."""
-    from appliance.index import ADAPTATION_DIR
-
-    sc = config.speech
-    adaptation = Adaptation(index_path / ADAPTATION_DIR) if sc.adapt and index_path else None
-    # Whisper gets live partials from pocketsphinx, whose decoder the wake phrase spotter shares
-    partials = PocketsphinxRecognizer(adaptation, kws_threshold=sc.wake_threshold) \
-        if choose_engine(sc.asr, sc.vosk_model or None, sc.whisper_model or None) == "whisper" else None
-    recognizer = recognizer_from_config(config, adaptation, sc.wake_threshold, partials)
-    piper = config.resolve(Path(sc.piper_voice)) if sc.piper_voice else None
-    endpoint = EndpointSettings(threshold=sc.vad_threshold, end_silence_ms=sc.end_silence_ms,
-                                max_utterance_s=sc.max_utterance_s, no_speech_timeout_s=sc.no_speech_timeout_s)
-    shared = partials or (recognizer if isinstance(recognizer, PocketsphinxRecognizer) else None)
-    wake = WakePhraseSpotter(sc.wake_phrase, sc.wake_threshold, shared) if sc.listen == "wake" else None
-    return VoiceParts(recognizer, SileroVad(config.resolve(sc.vad_model)), create_synthesizer(sc.tts, piper),
-                      endpoint, wake, sc.speculate_silence_ms)
-
-
-def answer_files(config: Config, pipeline: QAPipeline, inputs: list[Path], out_dir: Path, listen: str,
-                 on_event: Callable[[dict], None] | None = None) -> list[Turn]:
-    """`serve --input`: the live pipeline run on WAV files; answers are written as WAVs in ``out_dir``."""
-    parts = build_parts(config, pipeline.index.path)
-    sink = WavSink(out_dir)
-    turns: list[Turn] = []
-    for path in inputs:
-        loop = VoiceLoop(parts, pipeline.ask, sink, listen, config.speech.barge_in, on_event)
-        for turn in loop.run(WavFileSource(path).frames()):
-            turn.timings_ms = dict(turn.timings_ms)
-            turns.append(turn)
-            _record(out_dir, path, turn, sink.written[-1] if sink.written else None)
-    return turns
-
-
-def _record(out_dir: Path, source: Path, turn: Turn, audio: Path | None) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "turns.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"input": str(source), "audio": str(audio) if audio else None, **turn.to_json()},
-                            ensure_ascii=False) + "\n")

@@ -15,7 +15,6 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
@@ -40,10 +39,9 @@ from appliance import __version__
 from appliance.config import Config
 from appliance.errors import ApplianceError, is_fatal
 from appliance.pipeline import QAPipeline
-from appliance.speech.adapt import Adaptation
-from appliance.speech.asr import Recognizer, recognizer_from_config
 from appliance.speech.audio import SAMPLE_RATE, from_int16_bytes, to_int16_bytes
-from appliance.speech.tts import Synthesizer, create_synthesizer, sentences
+from appliance.speech.recognizer import Recognizer
+from appliance.speech.tts import Synthesizer, sentences
 
 log = logging.getLogger(__name__)
 
@@ -342,20 +340,6 @@ class ApplianceEventHandler(AsyncEventHandler):
             await self.write_event(NotHandled(text=answer.spoken(), context=context).event())
         else:
             await self.write_event(Handled(text=answer.spoken(), context={**context, "answer": answer.text}).event())
-
-
-def build_service(config: Config, pipeline: QAPipeline) -> WyomingService:
-    from appliance.index import ADAPTATION_DIR
-
-    sc = config.speech
-    adaptation = Adaptation(pipeline.index.path / ADAPTATION_DIR) if sc.adapt else None
-    piper = config.resolve(Path(sc.piper_voice)) if sc.piper_voice else None
-    service = WyomingService(config, pipeline, create_synthesizer(sc.tts, piper),
-                             lambda: recognizer_from_config(config, adaptation))  # Whisper: one model per process
-    first = service.make_recognizer()  # load once now: a broken model fails at start, not mid-call
-    service.asr_name = first.name
-    service.give_back(first)
-    return service
 
 
 async def run_wyoming(uri: str, service: WyomingService) -> None:

@@ -78,20 +78,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--index", type=Path, default=ROOT / "build" / "bench-index")
     args = p.parse_args(argv)
 
+    from appliance import runtime
     from appliance.config import Config
-    from appliance.pipeline import QAPipeline
     from build_tools.torch_reader import TorchReader
 
     questions = [q["question"] for f in QUESTION_FILES for q in json.loads(f.read_text())][: args.questions]
     config = Config()
     config.retriever.threads = config.reader.threads = args.threads
-    onnx = QAPipeline(config, index=args.index)
+    onnx = runtime.load_pipeline(config, index=args.index)
     cold = [cold_start(args.index, questions[0]) for _ in range(3)]
 
-    baseline = QAPipeline(config, index=args.index)
+    baseline = runtime.load_pipeline(config, index=args.index)
     baseline.encoder = TorchEncoder(onnx.encoder, args.threads)
     baseline.retriever.encoder = baseline.encoder
-    baseline.reader._run = TorchReader(args.checkpoint, args.threads)._run  # same windows, PyTorch fp32
+    baseline.reader._run = TorchReader(args.checkpoint, config.reader)._run  # same windows, PyTorch fp32
 
     for pipe in (onnx, baseline):  # warm-up
         pipe.ask(questions[0])

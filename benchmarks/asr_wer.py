@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.config import PROJECT_ROOT
-from appliance.index import ADAPTATION_DIR, CURRENT
+from appliance.index import load_index
 from appliance.speech.adapt import Adaptation
 from appliance.speech.asr import PocketsphinxRecognizer, transcribe
 from appliance.speech.vocabulary import Vocabulary
@@ -88,15 +88,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     pipeline = None
     if args.answers:
+        from appliance import runtime
         from appliance.config import Config
-        from appliance.pipeline import QAPipeline
 
-        pipeline = QAPipeline(Config(), index=args.index)
+        pipeline = runtime.load_pipeline(Config(), index=args.index)
         expected = {q["question"]: q["answer"] for q in kb_items()}
         typed = sum(answered_right(pipeline, q, a) for q, a in expected.items())
         print(f"typed KB questions answered right: {typed}/{len(expected)}")
-    adaptation = Adaptation(args.index / CURRENT / ADAPTATION_DIR)
-    if not adaptation.exists():
+    folder = load_index(args.index).speech_adaptation
+    adaptation = Adaptation(folder) if folder is not None else None
+    if adaptation is None or not adaptation.exists():
         raise SystemExit(f"no ASR adaptation in {args.index}; run `appliance index` first")
     recognizers = {name: make_recognizer(name, adaptation) for name in args.engines}
     wanted = set(args.sets or ("espeak", "piper", "real", "sentences"))

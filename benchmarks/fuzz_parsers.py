@@ -129,12 +129,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def fuzz_protocol(args, rng: random.Random) -> None:
+    from appliance import runtime
     from appliance.config import load_config
-    from appliance.pipeline import QAPipeline
     from benchmarks.fuzz_protocols import fuzz_api, fuzz_wyoming
 
     config = load_config(None)
-    pipeline = QAPipeline(config)  # loading is not counted in the run's seconds
+    pipeline = runtime.load_pipeline(config)  # loading is not counted in the run's seconds
     with tempfile.TemporaryDirectory() as tmp:
         started = time.time()
         deadline = started + args.seconds

@@ -174,10 +174,11 @@ def fuzz_api(pipeline, tmp: Path, rng: random.Random, deadline: float, keep_byte
 def fuzz_wyoming(config, pipeline, tmp: Path, rng: random.Random, deadline: float, keep_bytes: int) -> dict:
     from wyoming.event import async_read_event
 
-    from appliance.wyoming_server import build_service, run_wyoming
+    from appliance.runtime import wyoming_service
+    from appliance.wyoming_server import run_wyoming
 
     config.speech.tts = "espeak"  # the handlers are what is fuzzed: a fast voice gives many more inputs per second
-    service = build_service(config, pipeline)
+    service = wyoming_service(config, pipeline)
     path = tmp / "wyoming.sock"
 
     async def start(ready):

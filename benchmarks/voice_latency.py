@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance import runtime
 from appliance.config import PROJECT_ROOT, Config
-from appliance.pipeline import QAPipeline
 from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE, Audio, chunks, write_wav
 from appliance.speech.devices import WavFileSource, WavSink
 from appliance.speech.tts import PiperSynthesizer, default_piper_voice
 from appliance.speech.vad import Endpointer, EndpointSettings, SileroVad
-from appliance.voice import VoiceLoop, build_parts
+from appliance.voice import VoiceLoop
 from benchmarks.asr_wer import kb_questions
 
 
@@ -58,8 +58,8 @@ def loop_latencies(index: Path, wavs: list[Path], tts: str, asr: str = "auto", e
     config.speech.tts, config.speech.listen, config.speech.asr = tts, "always", asr
     if end_silence_ms is not None:
         config.speech.end_silence_ms = end_silence_ms
-    pipeline = QAPipeline(config, index=index)
-    parts = build_parts(config, pipeline.index.path)
+    pipeline = runtime.load_pipeline(config, index=index)
+    parts = runtime.voice_parts(config, pipeline.index)
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for wav in wavs:

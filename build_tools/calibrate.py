@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.artifacts import MANIFEST, sha256_file
+from appliance import runtime
 from appliance.calibrator import FEATURES, Calibrator
 from appliance.config import Config, load_config
+from appliance.model_dir import MANIFEST, sha256_file
 from appliance.pipeline import QAPipeline, choice_score
 from build_tools.evaluate_reader import select_articles
 from build_tools.manifest import invocation
@@ -135,7 +136,7 @@ def register_calibrator(model_dir: Path, calibrator: Calibrator) -> None:
 def fda_pipeline(config: Config, index_root: Path) -> QAPipeline | None:
     if not FDA_LABELS.is_dir():
         return None
-    return QAPipeline(config, kb=FDA_LABELS, index=index_root / "fda-index")
+    return runtime.load_pipeline(config, kb=FDA_LABELS, index=index_root / "fda-index")
 
 
 def collect(args, config: Config) -> dict[str, list[Record]]:
@@ -144,7 +145,7 @@ def collect(args, config: Config) -> dict[str, list[Record]]:
     if args.cache and args.cache.exists():
         data = json.loads(args.cache.read_text(encoding="utf-8"))
         return {name: [Record(**r) for r in records] for name, records in data.items()}
-    pipeline = QAPipeline(config)
+    pipeline = runtime.load_pipeline(config)
     pipeline.calibrator = None  # features do not depend on it; the fitted one is applied by rescore
     squad = load_squad(args.squad)
     sets = {"KB tune": kb_records(pipeline, load_questions(args.kb_questions, "tune"), "KB tune"),

@@ -12,8 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from appliance import runtime
 from appliance.config import Config, load_config
-from appliance.pipeline import QAPipeline
 from build_tools.selective import kb_records, load_questions, summary
 
 DEFAULT_FILES = [Path(__file__).resolve().parent.parent / "tests" / "data" / "kb_eval.json"]
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     questions = [q for f in args.questions for q in load_questions(f, args.split)]
     config = load_config(args.config) if args.config else Config()
-    pipeline = QAPipeline(config, kb=args.kb, index=args.index)
+    pipeline = runtime.load_pipeline(config, kb=args.kb, index=args.index)
     threshold = config.reader.threshold if args.threshold is None else args.threshold
     records = kb_records(pipeline, questions)
     report = {"files": [str(f) for f in args.questions], "split": args.split,

@@ -86,7 +86,7 @@ def evaluate(data: Path, model_dir: Path, onnx_name: str | None, limit: int, thr
     if limit:
         examples = examples[:limit]
     cfg = Config().reader
-    reader = Reader(model_dir, cfg.max_length, cfg.stride, cfg.max_answer_tokens, cfg.threads, onnx_name)
+    reader = Reader(model_dir, cfg, onnx_name)
     started = time.time()
     predictions = predict_all(reader, examples)
     has_impossible = any(ex.is_impossible for ex in examples)

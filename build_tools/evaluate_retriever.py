@@ -10,7 +10,7 @@ import faiss
 from appliance.bm25 import BM25
 from appliance.config import Config
 from appliance.encoder import SentenceEncoder
-from appliance.retriever import Retriever, reciprocal_rank_fusion
+from appliance.retriever import Retriever, SearchIndex, reciprocal_rank_fusion
 from build_tools.evaluation_cli import evaluation_parser, run_evaluation
 from build_tools.squad import load_squad
 
@@ -31,11 +31,11 @@ def evaluate(data: Path, model_dir: Path, onnx_name: str | None, limit: int) -> 
     questions = [ex.question for ex in examples]
     cfg = Config().retriever
     started = time.time()
-    encoder = SentenceEncoder(model_dir, cfg.max_length, cfg.threads, onnx_name)
+    encoder = SentenceEncoder(model_dir, cfg, onnx_name)
     dense = faiss.IndexFlatIP(encoder.dim)
     dense.add(encoder.encode(paragraphs))
     bm25 = BM25.build(paragraphs)
-    retriever = Retriever(encoder, dense, bm25, "hybrid", cfg.candidates, cfg.rrf_k, cfg.dense_weight)
+    retriever = Retriever(encoder, SearchIndex(dense, bm25), cfg)
     depth = max(max(KS), cfg.candidates)
     dense_rank = retriever.dense_rankings(questions, depth)
     bm25_rank = [bm25.search(q, depth) for q in questions]

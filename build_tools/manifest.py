@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from appliance.artifacts import MANIFEST, sha256_file
+from appliance.model_dir import MANIFEST, sha256_file
 
 
 def invocation() -> str:

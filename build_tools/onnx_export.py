@@ -151,9 +151,9 @@ def torch_runner(model, kind: str) -> Runner:
 
 def onnx_runner(path: Path, kind: str, packed_weights: Path | None = None) -> Runner:
     """One single-threaded ORT session of ``path`` (with a clustered model's packed weights)."""
-    from appliance.encoder import make_session
+    from appliance.model_dir import ort_session
 
-    session = make_session(path, 1, packed_weights)
+    session = ort_session(path, 1, packed_weights)
     names = {i.name for i in session.get_inputs()}
     outputs = OUTPUTS[kind] if set(OUTPUTS[kind]) <= {o.name for o in session.get_outputs()} else None  # else all
 

@@ -6,24 +6,25 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.config import ReaderConfig
 from appliance.reader import Reader
 
 
 class TorchReader(Reader):
-    """A Reader whose model call is a PyTorch checkpoint (save_pretrained or a compress command's)."""
+    """A Reader whose model call is a PyTorch checkpoint (save_pretrained or a compress command's);
+    windowing and threads from the same config section as the runtime reader's."""
 
-    def __init__(self, checkpoint: Path, threads: int, max_length: int = 256, stride: int = 96,
-                 max_answer_tokens: int = 30):
+    def __init__(self, checkpoint: Path, config: ReaderConfig):
         import torch
 
         from appliance.windows import load_tokenizer
         from build_tools.compress.common import load_model
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(config.threads)
         self.torch = torch
         self.model = load_model(Path(checkpoint), "reader", attn="sdpa")
         self.tokenizer = load_tokenizer(Path(checkpoint) / "tokenizer.json")
-        self.max_length, self.stride, self.max_answer_tokens = max_length, stride, max_answer_tokens
+        self.max_length, self.stride, self.max_answer_tokens = config.max_length, config.stride, config.max_answer_tokens
 
     def _run(self, windows):
         width = max(len(w) for w in windows)

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--write", action="store_true", help="record the result in the model's manifest")
     args = p.parse_args(argv)
     cfg = Config().reader
-    reader = Reader(args.model, cfg.max_length, cfg.stride, cfg.max_answer_tokens, cfg.threads)
+    reader = Reader(args.model, cfg)
     examples = load_squad(args.data)
     tune = select_articles(examples, args.tune_articles)
     held = select_articles(examples, args.report_articles)

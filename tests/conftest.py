@@ -70,32 +70,32 @@ def config():
 def encoder(config):
     from appliance.encoder import SentenceEncoder
 
-    return SentenceEncoder(config.resolve(config.paths.retriever_model))
+    return SentenceEncoder(config.resolve(config.paths.retriever_model), config.retriever)
 
 
 @pytest.fixture(scope="session")
 def reader(config):
     from appliance.reader import Reader
 
-    c = config.reader
-    return Reader(config.resolve(config.paths.reader_model), c.max_length, c.stride, c.max_answer_tokens)
+    return Reader(config.resolve(config.paths.reader_model), config.reader)
 
 
 @pytest.fixture(scope="session")
 def kb_index_dir(tmp_path_factory, encoder, config):
-    """A real index (faiss + BM25) of the bundled knowledge base, built once per test run."""
-    from appliance.index import build_index
+    """A real index (faiss + BM25 + the speech adaptation) of the bundled knowledge base, built once
+    per test run the way `appliance index` builds it."""
+    from appliance import runtime
 
     index_dir = tmp_path_factory.mktemp("kb-index")
-    build_index(config.resolve(config.paths.kb), index_dir, encoder)
+    runtime.build_index(config, index=index_dir, encoder=encoder)
     return index_dir
 
 
 @pytest.fixture(scope="session")
 def pipeline(config, kb_index_dir):
-    from appliance.pipeline import QAPipeline
+    from appliance import runtime
 
-    return QAPipeline(config, index=kb_index_dir, build_if_missing=False)
+    return runtime.load_pipeline(config, index=kb_index_dir, build_if_missing=False)
 
 
 @pytest.fixture(scope="session")
@@ -133,9 +133,11 @@ def piper():
 
 @pytest.fixture(scope="session")
 def adaptation(kb_index_dir):
-    from appliance.index import ADAPTATION_DIR, CURRENT
+    from appliance.index import load_index
     from appliance.speech.adapt import Adaptation
 
-    found = Adaptation(kb_index_dir / CURRENT / ADAPTATION_DIR)
+    folder = load_index(kb_index_dir).speech_adaptation
+    assert folder is not None, "appliance index should build the ASR adaptation"
+    found = Adaptation(folder)
     assert found.exists(), "appliance index should build the ASR adaptation"
     return found

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from appliance.artifacts import load_verified_manifest
+from appliance.model_dir import load_verified_manifest
 from appliance.config import Config
 from appliance.errors import ModelError
 

@@ -14,7 +14,9 @@ import pytest
 from conftest import ROOT, make_pdf, run_cli
 
 from appliance.errors import IngestError, StorageError
-from appliance.index import ADAPTATION_DIR, CURRENT, IndexSummary, build_index, collect_passages, load_index
+from appliance import runtime
+from appliance.config import Config, IngestConfig
+from appliance.index import CURRENT, IndexSummary, build_index, collect_passages, load_index
 from appliance.ingest import read_document, safe_name
 
 GOOD = "# Lathe\n\n## Oiling\n\nOil the tailstock every 8 hours of running.\n"
@@ -58,7 +60,7 @@ def test_unreadable_files_of_every_kind_do_not_stop_the_rest(tmp_path):
     (kb / "half.pdf").write_bytes(make_pdf(["Cut short."])[:200])
     (kb / "deep.xml").write_text('<document xmlns="urn:hl7-org:v3">' + "<component>" * 50_000)
     summary = IndexSummary()
-    passages = collect_passages(kb, 180, 10**7, summary)
+    passages = collect_passages(kb, IngestConfig(180, 10**7), summary)
     assert summary.documents == 2 and {p.source for p in passages} == {"lathe.md", "metformin-guide.md"}
     assert sorted(w.split(":")[0].rsplit("/", 1)[-1] for w in summary.skipped) == ["deep.xml", "half.pdf", "secret.pdf"]
 
@@ -71,7 +73,7 @@ def test_file_names_that_are_not_utf8_or_hold_control_characters(tmp_path, encod
             fh.write(GOOD.replace("Lathe", "Drill").encode())
     (kb / "forged\nWARNING skipped everything.pdf").write_bytes(b"%PDF-1.4 broken")
     index_dir = tmp_path / "index"
-    summary = build_index(kb, index_dir, encoder, speech_adaptation=False)
+    summary = build_index(kb, index_dir, encoder)  # storage only: no speech step
     assert summary.documents == 6
     sources = {p.source for p in load_index(index_dir).passages}
     assert {"caf\\xe9-manual.md", "two\\nlines.md", "rtl-\\u202egnp.md", "bell\\x07.txt"} <= sources
@@ -126,27 +128,28 @@ def du(path) -> int:
 
 def test_disk_full_during_the_speech_adaptation_commits_nothing(tmp_path, encoder, small_fs):
     kb = small_kb(tmp_path / "kb")
-    probe = build_index(kb, tmp_path / "probe", encoder)  # how big each part is, on a roomy disk
-    version = tmp_path / "probe" / CURRENT
-    asr, total = du(version / ADAPTATION_DIR), du(version)
+    config = Config()
+    probe = runtime.build_index(config, kb, tmp_path / "probe", encoder)  # each part's size, on a roomy disk
+    version = load_index(tmp_path / "probe")
+    asr, total = du(version.speech_adaptation), du(version.path)
     assert probe.passages and asr > 64 * 1024
     fs = small_fs((2 * total + 64 * 1024) // 1024 + 64)
     index_dir = fs / "index"
-    build_index(kb, index_dir, encoder)
+    runtime.build_index(config, kb, index_dir, encoder)
     before = load_index(index_dir)
     free = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
     room = (total - asr) + asr // 3  # the vectors and passages fit, the language model does not
     with open(fs / "filler", "wb") as fh:
         fh.write(b"\0" * max(free - room, 0))
     with pytest.raises(StorageError, match="No space left") as info:
-        build_index(kb, index_dir, encoder)
+        runtime.build_index(config, kb, index_dir, encoder)
     assert info.value.exit_code == 5 and "previous" in str(info.value)
     after = load_index(index_dir)
-    assert after.path == before.path and (after.path / ADAPTATION_DIR / "kb.lm").is_file()
+    assert after.path == before.path and (after.speech_adaptation / "kb.lm").is_file()
     assert after.passages == before.passages
     assert not [p for p in index_dir.iterdir() if p.name.startswith(".tmp-")]  # the partial build is gone
     (fs / "filler").unlink()
-    build_index(kb, index_dir, encoder)  # with room again, rebuilds work
+    runtime.build_index(config, kb, index_dir, encoder)  # with room again, rebuilds work
     assert load_index(index_dir).path != before.path
 
 

@@ -20,7 +20,8 @@ from wyoming.event import async_read_event  # noqa: E402
 
 from appliance.config import Config  # noqa: E402
 from appliance.speech.audio import SAMPLE_RATE, to_int16_bytes  # noqa: E402
-from appliance.wyoming_server import build_service, run_wyoming, speakable_pieces  # noqa: E402
+from appliance.runtime import wyoming_service  # noqa: E402
+from appliance.wyoming_server import run_wyoming, speakable_pieces  # noqa: E402
 
 MAX_CLIENTS = 4
 MAX_TEXT = 3000
@@ -55,7 +56,7 @@ class ServerThread:
 def server(pipeline, tmp_path_factory):
     config = Config()
     config.wyoming.max_clients, config.wyoming.max_text_chars = MAX_CLIENTS, MAX_TEXT
-    running = ServerThread(build_service(config, pipeline), tmp_path_factory.mktemp("wy") / "w.sock")
+    running = ServerThread(wyoming_service(config, pipeline), tmp_path_factory.mktemp("wy") / "w.sock")
     yield running
     running.stop()
 

@@ -103,7 +103,7 @@ def test_rescoring_answers_from_the_chosen_passage_with_its_calibrated_probabili
 
 
 def test_the_shipped_calibrator_is_the_shipped_operating_point(config, reader):
-    from appliance.pipeline import load_calibrator
+    from appliance.runtime import load_calibrator
 
     cal = load_calibrator(reader)
     if cal is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from appliance.config import ReaderConfig, RetrieverConfig
 from tests.conftest import DATA, run_cli
 
 torch = pytest.importorskip("torch")
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.slow  # trains, exports and benchmarks tiny torch model
 
 TINY_SQUAD = DATA / "tiny-squad.json"
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+ONE_THREAD = ReaderConfig(threads=1)
 
 
 def tiny_vocab() -> list[str]:
@@ -124,7 +126,7 @@ def test_pruning_equals_zero_gates(tiny_dirs):
 
 
 def test_prune_reader_export_matches_pytorch(tiny_dirs, tmp_path):
-    from appliance.encoder import make_session
+    from appliance.model_dir import ort_session as make_session
     from build_tools.compress.common import load_model
 
     pruned, onnx_dir = tmp_path / "pruned", tmp_path / "onnx"
@@ -194,12 +196,12 @@ def test_distill_reader_quantize_fuse_and_report(tiny_dirs, tmp_path):
         assert r.returncode == 0, (step, r.stderr)
     pair = [("How long does the Quick program take?", "The Quick program takes 30 minutes.")]
     context = pair[0][1]
-    reference = TorchReader(student / "final", threads=1).predict(pair)[0]  # the student in PyTorch
-    exported = Reader(fp32, threads=1).predict(pair)[0]
+    reference = TorchReader(student / "final", ONE_THREAD).predict(pair)[0]  # the student in PyTorch
+    exported = Reader(fp32, ONE_THREAD).predict(pair)[0]
     assert (exported.start, exported.end, exported.text) == (reference.start, reference.end, reference.text)
     assert exported.confidence == pytest.approx(reference.confidence, abs=1e-4)
     for d in (fp32, dyn, static, fused):
-        found = Reader(d, threads=1).predict(pair)[0]
+        found = Reader(d, ONE_THREAD).predict(pair)[0]
         assert found.text and context[found.start:found.end] == found.text  # a real span of the passage
         assert 0 < found.confidence <= 1 and 0 <= found.no_answer <= 1
     spec = tmp_path / "variants.json"
@@ -256,7 +258,7 @@ def test_prune_and_distill_retriever(tiny_dirs, tmp_path):
 def test_one_exporter_writes_fp32_and_int8_dirs_with_parity(tiny_dirs, tmp_path):
     """export_model (behind export-reader, export-retriever, compress-export): both model dirs load in
     the runtime, and the shipped manifest records each file's parity with PyTorch."""
-    from appliance.artifacts import load_verified_manifest
+    from appliance.model_dir import load_verified_manifest
     from appliance.encoder import SentenceEncoder
     from build_tools.compress.common import load_model
     from build_tools.onnx_export import export_model, text_feeds
@@ -274,5 +276,5 @@ def test_one_exporter_writes_fp32_and_int8_dirs_with_parity(tiny_dirs, tmp_path)
     assert checks["fp32"]["windows"] == 3 and checks["fp32"]["max_abs_diff"] < 1e-4
     assert checks["fp32"]["min_cosine"] > 0.9999 and 0 < checks["int8"]["min_cosine"] <= checks["fp32"]["min_cosine"]
     assert checks["int8"]["max_abs_diff"] > checks["fp32"]["max_abs_diff"]  # int8 really is another model
-    vectors = SentenceEncoder(int8, max_length=64).encode(["the quick program"])
+    vectors = SentenceEncoder(int8, RetrieverConfig(max_length=64)).encode(["the quick program"])
     assert vectors.shape == (1, 32) and abs(float(np.linalg.norm(vectors)) - 1) < 1e-5

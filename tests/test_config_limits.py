@@ -82,7 +82,7 @@ def copy_model(tmp_path, name: str):
 
 @pytest.mark.parametrize("files", [["model.onnx"], "model.onnx", {"model.onnx": 5}, {"model.onnx": {"bytes": "x"}}])
 def test_manifest_schema_errors_are_model_errors(tmp_path, files):
-    from appliance.artifacts import load_verified_manifest
+    from appliance.model_dir import load_verified_manifest
 
     model = copy_model(tmp_path, "retriever")
     manifest = json.loads((model / "manifest.json").read_text())

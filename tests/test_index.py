@@ -6,7 +6,9 @@ import os
 
 import pytest
 
+from appliance import runtime
 from appliance.bm25 import BM25, tokenize
+from appliance.config import Config
 from appliance.errors import IndexMissingError
 from appliance.index import build_index, load_index
 from appliance.retriever import reciprocal_rank_fusion
@@ -20,7 +22,7 @@ def make_kb(root, text="# Pump\n\n## Priming\n\nPrime the pump with two litres o
 
 def test_build_writes_passages_faiss_bm25_and_manifest(tmp_path, encoder):
     kb = make_kb(tmp_path / "kb")
-    summary = build_index(kb, tmp_path / "index", encoder)
+    summary = runtime.build_index(Config(), kb, tmp_path / "index", encoder)  # what `appliance index` runs
     assert summary.documents == 1 and summary.passages == 1 and not summary.skipped
     loaded = load_index(tmp_path / "index")
     assert loaded.dense.ntotal == 1 and loaded.passages[0].section == ("Priming",)
@@ -30,6 +32,9 @@ def test_build_writes_passages_faiss_bm25_and_manifest(tmp_path, encoder):
     assert sorted(os.listdir(loaded.path)) == ["asr", "bm25.json", "dense.faiss", "manifest.json", "passages.jsonl"]
     assert sorted(os.listdir(loaded.path / "asr")) == ["kb.dict", "kb.lm", "kb.vocab.json", "kb.words.json"]
     assert loaded.manifest["asr_adaptation"]["words"] > 5
+    assert loaded.speech_adaptation == loaded.path / "asr"
+    build_index(kb, tmp_path / "bare", encoder)  # storage alone: no speech step, none found
+    assert load_index(tmp_path / "bare").speech_adaptation is None
 
 
 def test_failed_build_leaves_previous_index_intact(tmp_path, encoder):
@@ -96,8 +101,6 @@ def test_weighted_fusion_can_favour_one_ranker():
 def test_index_from_another_retriever_model_is_rebuilt_or_refused(tmp_path, config, encoder):
     """Vectors from another encoder (e.g. an index kept across a model update) must never be
     searched with this encoder's question vectors."""
-    from appliance.pipeline import QAPipeline
-
     kb = make_kb(tmp_path / "kb")
     build_index(kb, tmp_path / "index", encoder)
     manifest_path = load_index(tmp_path / "index").path / "manifest.json"
@@ -105,8 +108,8 @@ def test_index_from_another_retriever_model_is_rebuilt_or_refused(tmp_path, conf
     manifest["encoder_sha256"] = "0" * 64
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(IndexMissingError, match="different retriever model"):
-        QAPipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=False)
-    pipeline = QAPipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=True)
+        runtime.load_pipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=False)
+    pipeline = runtime.load_pipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=True)
     assert pipeline.index.manifest["encoder_sha256"] == encoder.sha256
     assert pipeline.index.path != manifest_path.parent
     assert "two litres" in pipeline.ask("How do I prime the pump?").passage

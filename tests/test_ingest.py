@@ -8,6 +8,7 @@ import pytest
 from conftest import make_pdf
 
 from appliance.errors import IngestError
+from appliance.config import IngestConfig
 from appliance.index import IndexSummary, collect_passages
 from appliance.ingest import document_passages, read_document, split_sentences
 
@@ -125,7 +126,7 @@ def test_bad_files_are_skipped_and_the_rest_indexed(tmp_path):
     outside = write(tmp_path, "secret.md", "# Secret\n\nThis file lives outside the knowledge base.")
     os.symlink(outside, kb / "escape.md")
     summary = IndexSummary()
-    passages = collect_passages(kb, 180, 10**6, summary)
+    passages = collect_passages(kb, IngestConfig(180, 10**6), summary)
     assert summary.documents == 2
     assert {p.source for p in passages} == {"good.md", "sub/also-good.txt"}
     assert len(summary.skipped) == 2

@@ -1,6 +1,7 @@
 """Who may import whom: the runtime (appliance) never imports torch or the build side, build_tools
-never imports benchmarks, and there are no import loops. Every module is found by walking the
-packages, so a new module is checked without editing this file."""
+never imports benchmarks, there are no import loops (lazy imports included), the message types,
+the client and the TUI load without the numeric stack, and no runtime file outgrows a page.
+Every module is found by walking the packages, so a new module is checked without editing this file."""
 from __future__ import annotations
 
 import ast
@@ -157,12 +158,26 @@ def test_packages_import_only_downwards():
 
 
 def test_no_import_loops():
-    """No loop among module-level imports anywhere, and none at all (lazy imports included) in
-    build_tools and benchmarks."""
+    """No loop anywhere, counting imports inside functions too (a lazy import that closes a loop
+    still couples the two modules both ways)."""
     assert not cycles(graph(eager_only=True))
-    build_side = {m: {t for t in targets if t.split(".")[0] != "appliance"}
-                  for m, targets in graph(eager_only=False).items() if m.split(".")[0] != "appliance"}
-    assert not cycles(build_side)
+    assert not cycles(graph(eager_only=False))
+
+
+def test_messages_client_and_tui_need_no_numeric_stack():
+    """appliance.schema, the socket client and the TUI import without numpy, faiss or onnxruntime
+    (the TUI loads the pipeline, through the runtime, only when no daemon answers)."""
+    code = ("import sys, appliance.schema, appliance.client, appliance.tui\n"
+            "print(sorted(m for m in ('numpy', 'faiss', 'onnxruntime', 'tokenizers') if m in sys.modules))\n")
+    check = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip() == "[]"
+
+
+def test_no_runtime_file_is_over_400_lines():
+    long = {m: n for m, p in MODULES.items() if m.split(".")[0] == "appliance"
+            and (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long
 
 
 def test_the_cycle_finder_finds_a_loop():

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.encoder import make_session
+from appliance.model_dir import ort_session as make_session
 from appliance.errors import ModelError
 from appliance.packed import bits_for, load_packed_weights, pack_indices, unpack_indices
 from tests.conftest import DATA, ROOT, run_cli

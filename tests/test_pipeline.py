@@ -86,7 +86,7 @@ def test_the_answer_comes_from_the_best_choice_score():
 
 
 def test_the_box_says_the_evidence_sentence_unless_it_is_long():
-    from appliance.answer import Answer, Source
+    from appliance.schema import Answer, Source
 
     source = Source("Oven manual", "oven.md", ("Preheating",))
     short = Answer("q", "20 minutes", 0.9, False, source, "Preheat for 20 minutes.", "", 0, 0)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+import dataclasses
+
+from appliance.config import RetrieverConfig
 from appliance.index import load_index
 from appliance.retriever import Retriever
 
@@ -14,7 +17,7 @@ def section_hit(passage, q) -> bool:
 @pytest.mark.parametrize("mode, minimum", [("hybrid", 0.85), ("dense", 0.85), ("bm25", 0.6)])
 def test_kb_questions_find_their_section_in_top5(encoder, kb_index_dir, kb_questions, mode, minimum):
     index = load_index(kb_index_dir)
-    retriever = Retriever(encoder, index.dense, index.bm25, mode)
+    retriever = Retriever(encoder, index, RetrieverConfig(mode=mode))
     hits = [any(section_hit(index.passages[h.index], q) for h in retriever.search(q["question"], 5))
             for q in kb_questions]
     assert len(kb_questions) >= 50
@@ -23,27 +26,27 @@ def test_kb_questions_find_their_section_in_top5(encoder, kb_index_dir, kb_quest
 
 def test_bread_question_retrieves_preheating(encoder, kb_index_dir):
     index = load_index(kb_index_dir)
-    hits = Retriever(encoder, index.dense, index.bm25).search("how long should I preheat the oven for bread?", 3)
+    hits = Retriever(encoder, index, RetrieverConfig()).search("how long should I preheat the oven for bread?", 3)
     assert any(index.passages[h.index].section[-1] == "Preheating" for h in hits)
 
 
 def test_unknown_mode_is_rejected(encoder, kb_index_dir):
     index = load_index(kb_index_dir)
     with pytest.raises(ValueError, match="hybrid, dense or bm25"):
-        Retriever(encoder, index.dense, index.bm25, "magic")
+        Retriever(encoder, index, RetrieverConfig(mode="magic"))
 
 
-def test_a_retriever_built_without_settings_runs_the_shipped_fusion(encoder, kb_index_dir):
-    from appliance.config import Config
-    from appliance.index import load_index
-    from appliance.retriever import Retriever
+def test_a_retriever_runs_the_fusion_and_depth_of_its_config_section(encoder, kb_index_dir):
+    """The shipped dense weight (2) is what it fuses with, and top_k is the section's unless asked."""
+    from appliance.retriever import reciprocal_rank_fusion
 
     index = load_index(kb_index_dir)
-    shipped = Config().retriever
-    bare = Retriever(encoder, index.dense, index.bm25)
-    assert (bare.mode, bare.candidates, bare.rrf_k, bare.dense_weight) == \
-        (shipped.mode, shipped.candidates, shipped.rrf_k, shipped.dense_weight)
-    configured = Retriever(encoder, index.dense, index.bm25, shipped.mode, shipped.candidates, shipped.rrf_k,
-                           shipped.dense_weight)
+    shipped = RetrieverConfig()
+    retriever = Retriever(encoder, index, shipped)
     question = "what does fault code E02 mean on the conveyor?"
-    assert [h.index for h in bare.search(question, 5)] == [h.index for h in configured.search(question, 5)]
+    assert len(retriever.search(question)) == shipped.top_k
+    assert len(Retriever(encoder, index, dataclasses.replace(shipped, top_k=2)).search(question)) == 2
+    dense = retriever.dense_rankings([question], shipped.candidates)[0]
+    lexical = index.bm25.search(question, shipped.candidates)
+    fused = reciprocal_rank_fusion([dense, lexical], shipped.rrf_k, [shipped.dense_weight, 1.0])
+    assert [h.index for h in retriever.search(question, 5)] == [d for d, _ in fused[:5]]

@@ -15,16 +15,17 @@ from conftest import ROOT
 from speech_fixtures import render, save, silence
 
 from appliance.config import Config
+from appliance.runtime import voice_parts
 from appliance.speech.audio import AudioError, read_wav
 from appliance.speech.devices import WavFileSource, WavSink
-from appliance.voice import VoiceLoop, build_parts
+from appliance.voice import VoiceLoop
 
 
 @pytest.fixture(scope="module")
 def pipeline(kb_index_dir):
-    from appliance.pipeline import QAPipeline
+    from appliance import runtime
 
-    return QAPipeline(Config(), index=kb_index_dir)
+    return runtime.load_pipeline(Config(), index=kb_index_dir)
 
 
 def voice_config(listen: str = "always", barge_in: bool = True) -> Config:
@@ -34,7 +35,7 @@ def voice_config(listen: str = "always", barge_in: bool = True) -> Config:
 
 
 def run_loop(config: Config, pipeline, wav, out_dir, events=None):
-    parts = build_parts(config, pipeline.index.path)
+    parts = voice_parts(config, pipeline.index)
     sink = WavSink(out_dir)
     loop = VoiceLoop(parts, pipeline.ask, sink, config.speech.listen, config.speech.barge_in,
                      events.append if events is not None else None)
@@ -102,7 +103,7 @@ def test_wake_mode_answers_only_after_the_wake_phrase(tmp_path, piper, pipeline)
 def test_push_to_talk_listens_only_when_asked(tmp_path, piper, pipeline):
     wav = save(tmp_path / "ptt.wav", render(piper, "How long should I preheat the oven for bread?"))
     config = voice_config("push-to-talk")
-    parts = build_parts(config, pipeline.index.path)
+    parts = voice_parts(config, pipeline.index)
     idle = VoiceLoop(parts, pipeline.ask, WavSink(tmp_path / "a"), "push-to-talk")
     assert list(idle.run(WavFileSource(wav).frames())) == []
     pressed = VoiceLoop(parts, pipeline.ask, WavSink(tmp_path / "b"), "push-to-talk")

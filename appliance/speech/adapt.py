@@ -18,7 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.errors import is_disk_error
+from appliance.schema import Passage
+
 log = logging.getLogger(__name__)
+FOLDER = "asr"  # where the index step puts the adaptation inside an index version
 
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 DISCOUNT = 0.7  # absolute discounting constant for bigrams and trigrams
@@ -70,6 +74,31 @@ class Adaptation:
 
     def exists(self) -> bool:
         return self.lm.is_file() and self.dictionary.is_file() and self.words.is_file()
+
+
+def pocketsphinx_model_dir() -> Path:
+    """The en-us model inside the pocketsphinx wheel (acoustic model, stock LM and CMUdict)."""
+    import pocketsphinx
+
+    return Path(pocketsphinx.get_model_path()) / "en-us"
+
+
+def adapt_index_version(passages: list[Passage], version_dir: Path) -> dict | None:
+    """The index step (``appliance index`` runs it on each new version before committing it): the
+    recogniser's KB language model, dictionary and vocabulary. An index without them still answers
+    typed questions, so a failure other than the disk's skips the step with a warning."""
+    out_dir = version_dir / FOLDER
+    headings = sorted({h for p in passages for h in (p.doc_title, *p.section)})
+    try:
+        record = build_adaptation([p.text for p in passages], headings,
+                                  pocketsphinx_model_dir() / "cmudict-en-us.dict", out_dir)
+    except (OSError, ImportError, ValueError, subprocess.SubprocessError) as exc:
+        if is_disk_error(exc):
+            raise  # a full or read-only disk fails the build: never commit an index without its adaptation
+        log.warning("speech adaptation skipped: %s", exc)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return None
+    return {"dir": FOLDER, **record}
 
 
 _ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "

@@ -10,41 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from appliance.errors import ConfigError, ModelError
-from appliance.speech.adapt import Adaptation
+from appliance.speech.adapt import Adaptation, pocketsphinx_model_dir
 from appliance.speech.audio import SAMPLE_RATE, to_int16_bytes
+from appliance.speech.recognizer import Recognizer, Transcript, transcribe  # noqa: F401 - the interface, for callers
 from appliance.speech.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Transcript:
-    text: str
-    final: bool
-    engine: str
-
-
-class Recognizer(Protocol):
-    name: str
-
-    def start(self) -> None: ...
-
-    def feed(self, frame: np.ndarray) -> Transcript | None: ...
-
-    def finish(self) -> Transcript: ...
-
-
-def pocketsphinx_model_dir() -> Path:
-    import pocketsphinx
-
-    return Path(pocketsphinx.get_model_path()) / "en-us"
 
 
 class DecoderSession:
@@ -244,11 +220,3 @@ def recognizer_from_config(config, adaptation: Adaptation | None, kws_threshold:
     vosk = config.resolve(Path(sc.vosk_model)) if sc.vosk_model else None
     whisper = config.resolve(Path(sc.whisper_model)) if sc.whisper_model else None
     return create_recognizer(vosk, adaptation, kws_threshold, sc.asr, whisper, sc.whisper_bias, partials)
-
-
-def transcribe(recognizer: Recognizer, samples: np.ndarray, frame: int = 1600) -> Transcript:
-    """Whole-utterance convenience for files and benchmarks: same streaming path, fed in 100 ms steps."""
-    recognizer.start()
-    for i in range(0, len(samples), frame):
-        recognizer.feed(samples[i:i + frame])
-    return recognizer.finish()

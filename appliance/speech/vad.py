@@ -6,25 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.artifacts import load_verified_manifest, model_file
+from appliance.model_dir import ModelDir
 from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE
 
 CONTEXT_SAMPLES = 64  # silero v5+ sees the previous frame's last 64 samples with each 512-sample frame
 
 
 
-
 class SileroVad:
     """Speech probability per 32 ms frame; keeps the recurrent state between frames."""
 
-    def __init__(self, model_dir: Path):
-        import onnxruntime as ort
-
-        path = model_file(model_dir, load_verified_manifest(model_dir), "onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    def __init__(self, model: ModelDir | Path):
+        self._session = ModelDir.open(model).session(threads=1)
         self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
         self.reset()
 

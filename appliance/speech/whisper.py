@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from appliance.errors import ModelError
-from appliance.speech.asr import Recognizer, Transcript
 from appliance.speech.audio import SAMPLE_RATE
+from appliance.speech.recognizer import Recognizer, Transcript
 from appliance.speech.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -89,22 +89,6 @@ def shared_model(model_dir: Path, threads: int = 2):
                 raise ModelError(f"faster-whisper could not load the model in {model_dir}: {exc}") from None
             log.info("whisper model %s loaded in %.2f s", model_dir.name, time.perf_counter() - started)
         return _models[key]
-
-
-def preload(config) -> None:
-    """Load the Whisper model the config asks for before anything else big: converting its fp16
-    weights to int8 needs ~100 MB more for a moment, which then lands on a small process rather
-    than on top of the QA models (daemon peak RSS). Errors are left to the voice thread to report."""
-    from appliance.errors import ApplianceError
-    from appliance.speech.asr import choose_engine
-
-    sc = config.speech
-    configured = config.resolve(Path(sc.whisper_model)) if sc.whisper_model else None
-    try:
-        if sc.enabled and choose_engine(sc.asr, sc.vosk_model or None, configured) == "whisper":
-            shared_model(resolve_model_dir(configured))
-    except ApplianceError:
-        pass
 
 
 class WhisperRecognizer:

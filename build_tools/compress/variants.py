@@ -6,6 +6,7 @@ are cached as JSON next to the report so rerunning ``report`` only evaluates wha
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -84,13 +85,13 @@ def _evaluate_reader(v: Variant, data: Path, limit: int, root: Path, threads: in
     from build_tools.squad import load_squad
 
     examples = load_squad(data)[: limit or None]
-    cfg = Config().reader
+    cfg = dataclasses.replace(Config().reader, threads=threads)
     if v.is_torch:
         from build_tools.torch_reader import TorchReader
 
-        reader = TorchReader(v.torch_dir(root), threads, cfg.max_length, cfg.stride, cfg.max_answer_tokens)
+        reader = TorchReader(v.torch_dir(root), cfg)
     else:
-        reader = Reader(root / v.model, cfg.max_length, cfg.stride, cfg.max_answer_tokens, threads, v.onnx)
+        reader = Reader(root / v.model, cfg, v.onnx)
     metrics = report(examples, predict_all(reader, examples), None)["all"]
     return {"exact_match": metrics["exact_match"], "f1": metrics["f1"], "questions": metrics["count"]}
 
@@ -109,7 +110,7 @@ def _evaluate_retriever(v: Variant, data: Path, limit: int, root: Path, threads:
     examples = [ex for ex in all_examples if not ex.is_impossible][: limit or None]
     paragraphs = list(dict.fromkeys(ex.context for ex in all_examples))
     position = {text: i for i, text in enumerate(paragraphs)}
-    encoder = SentenceEncoder(root / v.model, Config().retriever.max_length, threads, v.onnx)
+    encoder = SentenceEncoder(root / v.model, dataclasses.replace(Config().retriever, threads=threads), v.onnx)
     index = faiss.IndexFlatIP(encoder.dim)
     index.add(encoder.encode(paragraphs))
     _, ranked = index.search(encoder.encode([ex.question for ex in examples]), max(KS))
