@@ -154,8 +154,7 @@ def voice_parts(config: Config, index: IndexVersion | None) -> VoiceParts:
     partials = PocketsphinxRecognizer(adaptation, kws_threshold=sc.wake_threshold) \
         if choose_engine(sc.asr, sc.vosk_model or None, sc.whisper_model or None) == "whisper" else None
     heard = recognizer(config, adaptation, sc.wake_threshold, partials)
-    endpoint = EndpointSettings(threshold=sc.vad_threshold, end_silence_ms=sc.end_silence_ms,
-                                max_utterance_s=sc.max_utterance_s, no_speech_timeout_s=sc.no_speech_timeout_s)
+    endpoint = EndpointSettings.of(sc)
     shared = partials or (heard if isinstance(heard, PocketsphinxRecognizer) else None)
     wake = WakePhraseSpotter(sc.wake_phrase, sc.wake_threshold, shared) if sc.listen == "wake" else None
     return VoiceParts(heard, SileroVad(ModelDir.open(config.resolve(sc.vad_model))), synthesizer(config),

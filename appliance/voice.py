@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from appliance.config import SpeechConfig
 from appliance.errors import ApplianceError
 from appliance.schema import Answer, Answered, BargeIn, Done, Heard, Listening, Partial, Speaking, VoiceEvent, Wake
 from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE, Audio
@@ -59,8 +60,8 @@ class VoiceParts:
 
 
 class VoiceLoop:
-    def __init__(self, parts: VoiceParts, ask: Callable[[str], Answer], sink, listen: str = "wake",
-                 barge_in: bool = True, on_event: Callable[[dict], None] | None = None):
+    def __init__(self, parts: VoiceParts, ask: Callable[[str], Answer], sink, listen: str = SpeechConfig.listen,
+                 barge_in: bool = SpeechConfig.barge_in, on_event: Callable[[dict], None] | None = None):
         if listen not in LISTEN_MODES:
             raise ApplianceError(f"unknown listen mode {listen!r} ({', '.join(LISTEN_MODES)})")
         if listen == "wake" and parts.wake is None:

@@ -51,10 +51,11 @@ def _window_from_encoding(enc: Encoding) -> Window:
 def make_windows(
     tokenizer: Tokenizer,
     pairs: list[tuple[str, str]],
-    max_length: int = 384,
-    stride: int = 128,
+    max_length: int,
+    stride: int,
 ) -> list[list[Window]]:
-    """Tokenise (question, context) pairs into overlapping windows, one list per pair."""
+    """Tokenise (question, context) pairs into overlapping windows, one list per pair (the reader's
+    ``reader.max_length`` and ``reader.stride`` at run time; training passes its own)."""
     tokenizer.enable_truncation(max_length, stride=stride, strategy="only_second")
     try:
         encodings = tokenizer.encode_batch(pairs)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.config import SpeechConfig
 from appliance.errors import ConfigError, ModelError
 from appliance.speech.adapt import Adaptation, pocketsphinx_model_dir
 from appliance.speech.audio import SAMPLE_RATE, to_int16_bytes
@@ -198,7 +199,7 @@ def choose_engine(engine: str, vosk_model: Path | None, whisper_model: Path | No
 
 def create_recognizer(vosk_model: Path | None, adaptation: Adaptation | None,
                       kws_threshold: float | None = None, engine: str = "pocketsphinx",
-                      whisper_model: Path | None = None, whisper_bias: str = "prompt",
+                      whisper_model: Path | None = None, whisper_bias: str = SpeechConfig.whisper_bias,
                       partials: Recognizer | None = None) -> Recognizer:
     """The recogniser ``engine`` names (see ``choose_engine``); ``partials`` (a pocketsphinx
     recogniser) gives Whisper live partial transcripts."""

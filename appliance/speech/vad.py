@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.config import SpeechConfig
 from appliance.model_dir import ModelDir
 from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE
 
@@ -36,11 +37,18 @@ class SileroVad:
 
 @dataclass
 class EndpointSettings:
-    threshold: float = 0.5  # speech probability above which a frame is speech
+    """The end-pointer's settings; defaults are SpeechConfig's (the one place they are set)."""
+
+    threshold: float = SpeechConfig.vad_threshold  # speech probability above which a frame is speech
     start_frames: int = 3  # this many speech frames in a row start an utterance (96 ms)
-    end_silence_ms: int = 640  # this much non-speech after speech ends it
-    max_utterance_s: float = 12.0  # a question longer than this is cut off
-    no_speech_timeout_s: float = 6.0  # after the wake phrase: nobody spoke
+    end_silence_ms: int = SpeechConfig.end_silence_ms  # this much non-speech after speech ends it
+    max_utterance_s: float = SpeechConfig.max_utterance_s  # a question longer than this is cut off
+    no_speech_timeout_s: float = SpeechConfig.no_speech_timeout_s  # after the wake phrase: nobody spoke
+
+    @classmethod
+    def of(cls, speech: SpeechConfig) -> EndpointSettings:
+        return cls(threshold=speech.vad_threshold, end_silence_ms=speech.end_silence_ms,
+                   max_utterance_s=speech.max_utterance_s, no_speech_timeout_s=speech.no_speech_timeout_s)
 
 
 class Endpointer:

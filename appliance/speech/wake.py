@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from appliance.config import SpeechConfig
 from appliance.errors import ConfigError
 from appliance.speech.adapt import WORD, read_dictionary
 from appliance.speech.asr import DecoderSession, PocketsphinxRecognizer, pocketsphinx_model_dir
@@ -17,7 +18,8 @@ SEARCH = "wake"
 
 
 class WakePhraseSpotter:
-    def __init__(self, phrase: str, threshold: float = 1e-20, recognizer: PocketsphinxRecognizer | None = None):
+    def __init__(self, phrase: str, threshold: float = SpeechConfig.wake_threshold,
+                 recognizer: PocketsphinxRecognizer | None = None):
         from pocketsphinx import Decoder
 
         model = pocketsphinx_model_dir()

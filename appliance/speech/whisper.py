@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.config import SpeechConfig
 from appliance.errors import ModelError
 from appliance.speech.audio import SAMPLE_RATE
 from appliance.speech.recognizer import Recognizer, Transcript
@@ -97,7 +98,7 @@ class WhisperRecognizer:
     name = "whisper"
 
     def __init__(self, model_dir: Path | None = None, vocabulary: Vocabulary | None = None,
-                 bias: str = "prompt", partials: Recognizer | None = None, beam_size: int = 5, threads: int = 2,
+                 bias: str = SpeechConfig.whisper_bias, partials: Recognizer | None = None, beam_size: int = 5, threads: int = 2,
                  window_s: int = 20):
         if bias not in BIAS_MODES:
             raise ModelError(f"unknown speech.whisper_bias {bias!r} ({', '.join(BIAS_MODES)})")
