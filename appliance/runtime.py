@@ -43,12 +43,15 @@ def index_dir(config: Config, index: Path | None = None) -> Path:
     return index or config.resolve(config.paths.index)
 
 
-def open_encoder(config: Config) -> SentenceEncoder:
-    return SentenceEncoder(ModelDir.open(config.resolve(config.paths.retriever_model)), config.retriever)
+def open_encoder(config: Config, model: Path | None = None, onnx_name: str | None = None) -> SentenceEncoder:
+    """The configured retriever model, or another one with the same settings (evaluations)."""
+    return SentenceEncoder(ModelDir.open(model or config.resolve(config.paths.retriever_model)), config.retriever,
+                           onnx_name)
 
 
-def open_reader(config: Config) -> Reader:
-    return Reader(ModelDir.open(config.resolve(config.paths.reader_model)), config.reader)
+def open_reader(config: Config, model: Path | None = None, onnx_name: str | None = None) -> Reader:
+    """The configured reader, or another model with the same windowing and threads (evaluations)."""
+    return Reader(ModelDir.open(model or config.resolve(config.paths.reader_model)), config.reader, onnx_name)
 
 
 def index_steps() -> dict[str, IndexStep]:

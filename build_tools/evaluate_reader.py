@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from appliance import runtime
 from appliance.config import Config
 from appliance.reader import Reader, SpanPrediction
 from build_tools.evaluation_cli import evaluation_parser, run_evaluation
@@ -85,8 +86,7 @@ def evaluate(data: Path, model_dir: Path, onnx_name: str | None, limit: int, thr
     examples = select_articles(load_squad(data), articles)
     if limit:
         examples = examples[:limit]
-    cfg = Config().reader
-    reader = Reader(model_dir, cfg, onnx_name)
+    reader = runtime.open_reader(Config(), model_dir, onnx_name)
     started = time.time()
     predictions = predict_all(reader, examples)
     has_impossible = any(ex.is_impossible for ex in examples)

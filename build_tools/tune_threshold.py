@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance import runtime
 from appliance.config import Config
-from appliance.reader import Reader
 from build_tools.evaluate_reader import predict_all, report, select_articles
 from build_tools.manifest import update_manifest
 from build_tools.squad import load_squad
@@ -26,8 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report-articles", default="8:")
     p.add_argument("--write", action="store_true", help="record the result in the model's manifest")
     args = p.parse_args(argv)
-    cfg = Config().reader
-    reader = Reader(args.model, cfg)
+    reader = runtime.open_reader(Config(), args.model)
     examples = load_squad(args.data)
     tune = select_articles(examples, args.tune_articles)
     held = select_articles(examples, args.report_articles)

@@ -6,7 +6,6 @@ are cached as JSON next to the report so rerunning ``report`` only evaluates wha
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -79,19 +78,20 @@ def evaluate_variant(v: Variant, data: Path, limit: int, root: Path = PROJECT_RO
 
 
 def _evaluate_reader(v: Variant, data: Path, limit: int, root: Path, threads: int) -> dict:
+    from appliance import runtime
     from appliance.config import Config
-    from appliance.reader import Reader
     from build_tools.evaluate_reader import predict_all, report
     from build_tools.squad import load_squad
 
     examples = load_squad(data)[: limit or None]
-    cfg = dataclasses.replace(Config().reader, threads=threads)
+    config = Config()
+    config.reader.threads = threads
     if v.is_torch:
         from build_tools.torch_reader import TorchReader
 
-        reader = TorchReader(v.torch_dir(root), cfg)
+        reader = TorchReader(v.torch_dir(root), config.reader)
     else:
-        reader = Reader(root / v.model, cfg, v.onnx)
+        reader = runtime.open_reader(config, root / v.model, v.onnx)
     metrics = report(examples, predict_all(reader, examples), None)["all"]
     return {"exact_match": metrics["exact_match"], "f1": metrics["f1"], "questions": metrics["count"]}
 
@@ -101,8 +101,8 @@ def _evaluate_retriever(v: Variant, data: Path, limit: int, root: Path, threads:
     (evaluate-retriever's dense ranking, with a chosen thread count)."""
     import faiss
 
+    from appliance import runtime
     from appliance.config import Config
-    from appliance.encoder import SentenceEncoder
     from build_tools.evaluate_retriever import KS, recalls
     from build_tools.squad import load_squad
 
@@ -110,7 +110,9 @@ def _evaluate_retriever(v: Variant, data: Path, limit: int, root: Path, threads:
     examples = [ex for ex in all_examples if not ex.is_impossible][: limit or None]
     paragraphs = list(dict.fromkeys(ex.context for ex in all_examples))
     position = {text: i for i, text in enumerate(paragraphs)}
-    encoder = SentenceEncoder(root / v.model, dataclasses.replace(Config().retriever, threads=threads), v.onnx)
+    config = Config()
+    config.retriever.threads = threads
+    encoder = runtime.open_encoder(config, root / v.model, v.onnx)
     index = faiss.IndexFlatIP(encoder.dim)
     index.add(encoder.encode(paragraphs))
     _, ranked = index.search(encoder.encode([ex.question for ex in examples]), max(KS))
