@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.client import socket_in_use
-from appliance.config import ApiConfig
+from appliance.config import LIMITS, ApiConfig
 from appliance.errors import ApplianceError, is_fatal
 from appliance.pipeline import QAPipeline
 from appliance.schema import REQUEST_TYPES, Answered, kb_outline
@@ -202,8 +202,9 @@ class ApiServer:
         question, top_k = request.get("question"), request.get("top_k")
         if not isinstance(question, str):
             return error("'question' must be a string", "bad_question", request_id)
-        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 50):
-            return error("'top_k' must be an integer from 1 to 50", "bad_request", request_id)
+        low, high = LIMITS["retriever.top_k"]
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not low <= top_k <= high):
+            return error(f"'top_k' must be an integer from {low} to {high}", "bad_request", request_id)
         try:
             answer = await asyncio.get_running_loop().run_in_executor(self.executor, self.pipeline.ask, question, top_k)
         except ApplianceError as exc:

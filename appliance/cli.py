@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from appliance.config import CONFIG_ENV, load_config
+from appliance.config import CONFIG_ENV, LIMITS, load_config
 from appliance.errors import ApplianceError, ConfigError, is_fatal
 
 
@@ -55,8 +55,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     normalize_question(args.question, config.ask.max_question_chars)  # reject bad input before loading models
-    if args.top_k is not None and not 1 <= args.top_k <= 50:
-        raise ApplianceError("--top-k must be between 1 and 50")
+    low, high = LIMITS["retriever.top_k"]
+    if args.top_k is not None and not low <= args.top_k <= high:
+        raise ApplianceError(f"--top-k must be between {low} and {high}")
     started = time.perf_counter()
     pipeline = runtime.load_pipeline(config, args.kb, args.index)
     load_ms = (time.perf_counter() - started) * 1000
