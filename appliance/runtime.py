@@ -131,9 +131,12 @@ def speech_adaptation(config: Config, index: IndexVersion | None) -> Adaptation 
 def recognizer(config: Config, adaptation: Adaptation | None, kws_threshold: float | None = None,
                partials: Recognizer | None = None) -> Recognizer:
     """The recogniser ``speech.asr`` names (paths resolved against the project root)."""
-    from appliance.speech.asr import recognizer_from_config
+    from appliance.speech.asr import create_recognizer
 
-    return recognizer_from_config(config, adaptation, kws_threshold, partials)
+    sc = config.speech
+    vosk = config.resolve(Path(sc.vosk_model)) if sc.vosk_model else None
+    whisper = config.resolve(Path(sc.whisper_model)) if sc.whisper_model else None
+    return create_recognizer(vosk, adaptation, kws_threshold, sc.asr, whisper, sc.whisper_bias, partials)
 
 
 def synthesizer(config: Config) -> Synthesizer:

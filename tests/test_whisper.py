@@ -14,15 +14,16 @@ import pytest
 from conftest import ROOT, SHARED
 from speech_fixtures import needs_espeak, render, save, silence
 
+from appliance import runtime
 from appliance.config import Config
+from appliance.daemon import answer_files
 from appliance.errors import ConfigError, ModelError
-from appliance.speech.asr import choose_engine, recognizer_from_config, transcribe
+from appliance.runtime import voice_parts
+from appliance.speech.asr import choose_engine, transcribe
 from appliance.speech.audio import read_wav
 from appliance.speech.devices import WavFileSource, WavSink
 from appliance.speech.vocabulary import Vocabulary
 from appliance.speech.wer import word_error_rate
-from appliance.daemon import answer_files
-from appliance.runtime import voice_parts
 from appliance.voice import VoiceLoop
 
 pytest.importorskip("faster_whisper")
@@ -109,28 +110,29 @@ def test_bad_whisper_model_path_is_a_clear_error(tmp_path):
     config = whisper_config()
     config.speech.whisper_model = str(tmp_path / "missing")
     with pytest.raises(ModelError, match="does not exist.*whisper_model"):
-        recognizer_from_config(config, None)
+        runtime.recognizer(config, None)
     (tmp_path / "empty").mkdir()
     config.speech.whisper_model = str(tmp_path / "empty")
     with pytest.raises(ModelError, match="not a CTranslate2 Whisper model"):
-        recognizer_from_config(config, None)
+        runtime.recognizer(config, None)
     config.speech.asr = "auto"  # a configured path is never silently replaced by pocketsphinx
     with pytest.raises(ModelError, match="not a CTranslate2 Whisper model"):
-        recognizer_from_config(config, None)
+        runtime.recognizer(config, None)
 
 
 FALLBACK = """
 from appliance.config import Config
 from appliance.errors import ModelError
-from appliance.speech.asr import recognizer_from_config, transcribe
+from appliance import runtime
+from appliance.speech.asr import transcribe
 from appliance.speech.audio import read_wav
 config = Config()
-recognizer = recognizer_from_config(config, None)
+recognizer = runtime.recognizer(config, None)
 print(recognizer.name)
 print(transcribe(recognizer, read_wav(sys.argv[1]).at_rate(16000).samples).text)
 config.speech.asr = "whisper"
 try:
-    recognizer_from_config(config, None)
+    runtime.recognizer(config, None)
 except ModelError as exc:
     print("error:", exc)
 """

@@ -212,12 +212,3 @@ def create_recognizer(vosk_model: Path | None, adaptation: Adaptation | None,
         vocabulary = Vocabulary.load(adaptation.vocabulary if adaptation is not None else None)
         return WhisperRecognizer(whisper_model, vocabulary, whisper_bias, partials)
     return PocketsphinxRecognizer(adaptation, kws_threshold=kws_threshold)
-
-
-def recognizer_from_config(config, adaptation: Adaptation | None, kws_threshold: float | None = None,
-                           partials: Recognizer | None = None) -> Recognizer:
-    """The recogniser ``config.speech`` asks for (paths resolved against the project root)."""
-    sc = config.speech
-    vosk = config.resolve(Path(sc.vosk_model)) if sc.vosk_model else None
-    whisper = config.resolve(Path(sc.whisper_model)) if sc.whisper_model else None
-    return create_recognizer(vosk, adaptation, kws_threshold, sc.asr, whisper, sc.whisper_bias, partials)
