@@ -34,7 +34,7 @@ CURRENT = "current"
 FILES = ("passages.jsonl", "dense.faiss", "bm25.json", "manifest.json")
 SPEECH_ADAPTATION = "asr_adaptation"  # the manifest entry of the KB speech adaptation step
 # An extra build step: writes into the staged version folder, returns its manifest record (None:
-# skipped). A step's OSError fails the whole build, so a version is never committed half-written.
+# skipped). Whatever a step raises fails the whole build, so a version is never committed half-written.
 IndexStep = Callable[[list[Passage], Path], "dict | None"]
 
 
@@ -61,7 +61,7 @@ class IndexVersion:
     def speech_adaptation(self) -> Path | None:
         """The folder of the KB speech adaptation built with this version; None when none was."""
         record = self.manifest.get(SPEECH_ADAPTATION)
-        return self.path / record.get("dir", "asr") if isinstance(record, dict) else None
+        return self.path / record.get("dir", "asr") if isinstance(record, dict) else None  # "asr": older records
 
 
 def collect_passages(kb_dir: Path, ingest: IngestConfig, summary: IndexSummary) -> list[Passage]:
