@@ -7,9 +7,11 @@ import sys
 COMMANDS = {
     "export-retriever": "build_tools.export_retriever",
     "train-reader": "build_tools.train_reader",
+    "train-retriever": "build_tools.train_retriever",
     "export-reader": "build_tools.export_reader",
     "evaluate-reader": "build_tools.evaluate_reader",
     "evaluate-retriever": "build_tools.evaluate_retriever",
+    "tune-fusion": "build_tools.tune_fusion",
     "evaluate-kb": "build_tools.evaluate_kb",
     "tune-threshold": "build_tools.tune_threshold",
     "calibrate": "build_tools.calibrate",

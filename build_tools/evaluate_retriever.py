@@ -1,58 +1,178 @@
-"""R@1/5/20 of each question's own paragraph among all paragraphs of a SQuAD-format file,
-for dense, BM25 and fused (reciprocal rank) retrieval, as JSON."""
+"""R@1/5/20 of each question's own paragraph among every paragraph of a SQuAD-format file (those
+without questions too, plus the paragraphs of any --distractors files), as JSON: the shipped
+configuration (a Retriever built from the config's [retriever] section, searched one question at
+a time as the appliance does), dense, BM25, the fusion at the shipped weights, and every fusion of
+a grid of RRF constants and dense weights (reported, not chosen here: tune-fusion chooses on
+held-in data)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
+import numpy as np
+from tqdm import tqdm
 
 from appliance.bm25 import BM25
-from appliance.config import Config
+from appliance.config import Config, RetrieverConfig, load_config
 from appliance.encoder import SentenceEncoder
+from appliance.model_dir import ModelDir
 from appliance.retriever import Retriever, SearchIndex, reciprocal_rank_fusion
 from build_tools.evaluation_cli import evaluation_parser, run_evaluation
-from build_tools.squad import load_squad
+from build_tools.squad import load_paragraphs, load_squad
 
 KS = (1, 5, 20)
+RRF_KS = (1, 5, 10, 20, 30, 60, 100)
+DENSE_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
-def recalls(rankings: list[list[int]], gold: list[int]) -> dict[str, float]:
-    return {f"R@{k}": round(sum(g in r[:k] for r, g in zip(rankings, gold)) / max(len(gold), 1), 4) for k in KS}
+@dataclass
+class Pool:
+    """Passages to search and questions with the passages that answer them."""
+
+    name: str
+    texts: list[str]  # what the dense encoder embeds
+    questions: list[str]
+    gold: list[frozenset[int]]  # passages that answer each question
+    bm25_texts: list[str] | None = None  # what BM25 indexes, when it differs from texts
+    groups: list[str] = field(default_factory=list)  # per question: its article (SQuAD) or split (KB)
+    info: dict = field(default_factory=dict)
+
+    def subset(self, keep: Callable[[str], bool], name: str) -> tuple[Pool, list[int]]:
+        """The same passages with only the questions whose group ``keep`` keeps (and their positions)."""
+        idx = [i for i, g in enumerate(self.groups) if keep(g)]
+        return Pool(name, self.texts, [self.questions[i] for i in idx], [self.gold[i] for i in idx],
+                    self.bm25_texts, [self.groups[i] for i in idx], self.info), idx
 
 
-def evaluate(data: Path, model_dir: Path, onnx_name: str | None, limit: int) -> dict:
-    examples = [ex for ex in load_squad(data) if not ex.is_impossible]
+@dataclass
+class Ranked:
+    """Each question's ranking by each ranker (passage positions, best first)."""
+
+    dense: list[list[int]]
+    bm25: list[list[int]]
+    shipped: list[list[int]] | None  # Retriever.search, one question at a time (the appliance's path)
+    candidates: int  # per ranker, before fusion (retriever.candidates)
+
+    def subset(self, idx: list[int]) -> Ranked:
+        pick = lambda rows: [rows[i] for i in idx]  # noqa: E731
+        return Ranked(pick(self.dense), pick(self.bm25), pick(self.shipped) if self.shipped is not None else None,
+                      self.candidates)
+
+
+def squad_pool(data: Path, distractors: Sequence[Path] = (), limit: int = 0,
+               keep_article: Callable[[str], bool] | None = None, name: str | None = None) -> Pool:
+    """Every paragraph of ``data`` (of the articles ``keep_article`` keeps), then the paragraphs of
+    each distractor file not already in the pool; identical paragraphs are pooled once. The
+    questions are the answerable ones (first ``limit`` when set)."""
+    keep = keep_article or (lambda title: True)
+    paragraphs = dict.fromkeys(text for title, text in load_paragraphs(data) if keep(title))
+    own = len(paragraphs)
+    added = []
+    for extra in distractors:
+        before = len(paragraphs)
+        paragraphs.update(dict.fromkeys(text for _, text in load_paragraphs(extra)))
+        added.append({"file": str(extra), "paragraphs": len(paragraphs) - before})
+    examples = [ex for ex in load_squad(data) if not ex.is_impossible and keep(ex.title)]
     if limit:
         examples = examples[:limit]
-    paragraphs = list(dict.fromkeys(ex.context for ex in load_squad(data)))
-    position = {text: i for i, text in enumerate(paragraphs)}
-    gold = [position[ex.context] for ex in examples]
-    questions = [ex.question for ex in examples]
-    cfg = Config().retriever
-    started = time.time()
-    encoder = SentenceEncoder(model_dir, cfg, onnx_name)
+    texts = list(paragraphs)
+    position = {text: i for i, text in enumerate(texts)}
+    info = {"data": str(data), "paragraphs_of_file": own, "distractors": added,
+            "pool": "every paragraph of the file" + (" + the distractor files' paragraphs" if added else "")}
+    return Pool(name or Path(data).name, texts, [ex.question for ex in examples],
+                [frozenset([position[ex.context]]) for ex in examples], groups=[ex.title for ex in examples],
+                info=info)
+
+
+def open_encoder(config: Config, model: Path | None = None, onnx: str | None = None) -> tuple[SentenceEncoder, Path]:
+    """The configured retriever model (paths.retriever_model), or ``model`` in its place, and its ONNX file."""
+    files = ModelDir.open(model if model is not None else config.resolve(config.paths.retriever_model))
+    return SentenceEncoder(files, config.retriever, onnx), files.onnx(onnx)
+
+
+def encode_texts(encoder: SentenceEncoder, texts: list[str], label: str) -> np.ndarray:
+    chunk = 256
+    parts = [encoder.encode(texts[i : i + chunk])
+             for i in tqdm(range(0, len(texts), chunk), desc=f"{label}: passages", unit="chunk", leave=False)]
+    return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype=np.float32)
+
+
+def rank(pool: Pool, encoder: SentenceEncoder, config: RetrieverConfig, shipped: bool = True) -> Ranked:
+    """Dense and BM25 rankings (depth max(20, candidates)), and with ``shipped`` the rankings of a
+    Retriever built from ``config`` exactly as the appliance builds one, one question at a time."""
     dense = faiss.IndexFlatIP(encoder.dim)
-    dense.add(encoder.encode(paragraphs))
-    bm25 = BM25.build(paragraphs)
-    retriever = Retriever(encoder, SearchIndex(dense, bm25), cfg)
-    depth = max(max(KS), cfg.candidates)
-    dense_rank = retriever.dense_rankings(questions, depth)
-    bm25_rank = [bm25.search(q, depth) for q in questions]
-    fused_rank = [[d for d, _ in reciprocal_rank_fusion([a, b], cfg.rrf_k, [cfg.dense_weight, 1.0])]
-                  for a, b in zip(dense_rank, bm25_rank)]  # the shipped fusion (retriever.dense_weight)
-    return {
-        "data": str(data), "encoder": str(model_dir / (onnx_name or encoder.manifest["roles"]["onnx"])),
-        "questions": len(questions), "paragraphs": len(paragraphs), "candidates_per_ranker": depth,
-        "dense": recalls(dense_rank, gold), "bm25": recalls(bm25_rank, gold), "fused": recalls(fused_rank, gold),
-        "fusion": {"rrf_k": cfg.rrf_k, "dense_weight": cfg.dense_weight},
-        "seconds": round(time.time() - started, 1),
-    }
+    dense.add(encode_texts(encoder, pool.texts, pool.name))
+    bm25 = BM25.build(pool.bm25_texts or pool.texts)
+    retriever = Retriever(encoder, SearchIndex(dense, bm25), config)
+    depth = max(max(KS), config.candidates)
+    dense_rank = retriever.dense_rankings(pool.questions, depth)
+    bm25_rank = [bm25.search(q, depth) for q in pool.questions]
+    shipped_rank = None
+    if shipped:
+        shipped_rank = [[h.index for h in retriever.search(q, max(KS))]
+                        for q in tqdm(pool.questions, desc=f"{pool.name}: shipped retriever", unit="q", leave=False)]
+    return Ranked(dense_rank, bm25_rank, shipped_rank, config.candidates)
+
+
+def recalls(rankings: list[list[int]], gold: Sequence[frozenset[int] | int]) -> dict[str, float]:
+    """Share of questions with a gold passage among the first k, for k in KS."""
+    sets = [g if isinstance(g, frozenset) else frozenset([g]) for g in gold]
+    n = max(len(sets), 1)
+    return {f"R@{k}": round(sum(bool(g.intersection(r[:k])) for r, g in zip(rankings, sets)) / n, 4) for k in KS}
+
+
+def fuse(ranked: Ranked, rrf_k: float, dense_weight: float) -> list[list[int]]:
+    """The appliance's fusion: RRF over each ranker's first ``candidates`` passages."""
+    c = ranked.candidates
+    return [[d for d, _ in reciprocal_rank_fusion([a[:c], b[:c]], rrf_k, [dense_weight, 1.0])]
+            for a, b in zip(ranked.dense, ranked.bm25)]
+
+
+def fusion_grid(ranked: Ranked, gold, rrf_ks=RRF_KS, weights=DENSE_WEIGHTS) -> list[dict]:
+    return [{"rrf_k": k, "dense_weight": w, **recalls(fuse(ranked, k, w), gold)} for k in rrf_ks for w in weights]
+
+
+def report(pool: Pool, ranked: Ranked, config: RetrieverConfig, grid: bool = True) -> dict:
+    out = {"questions": len(pool.questions), "paragraphs": len(pool.texts), **pool.info,
+           "candidates_per_ranker": ranked.candidates}
+    if ranked.shipped is not None:
+        out["shipped"] = {"mode": config.mode, "rrf_k": config.rrf_k, "dense_weight": config.dense_weight,
+                          **recalls(ranked.shipped, pool.gold)}
+    out.update(dense=recalls(ranked.dense, pool.gold), bm25=recalls(ranked.bm25, pool.gold),
+               fused=recalls(fuse(ranked, config.rrf_k, config.dense_weight), pool.gold),
+               fusion={"rrf_k": config.rrf_k, "dense_weight": config.dense_weight})
+    if grid:
+        out["fusion_grid"] = fusion_grid(ranked, pool.gold)
+    return out
+
+
+def evaluate(data: Path, model_dir: Path | None, onnx_name: str | None, limit: int, distractors: Sequence[Path] = (),
+             config: Config | None = None, grid: bool = True) -> dict:
+    config = config or Config()
+    started = time.time()
+    pool = squad_pool(data, distractors, limit)
+    encoder, onnx_path = open_encoder(config, model_dir, onnx_name)
+    result = {"encoder": str(onnx_path),
+              **report(pool, rank(pool, encoder, config.retriever), config.retriever, grid)}
+    result["seconds"] = round(time.time() - started, 1)
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = evaluation_parser("build_tools evaluate-retriever", __doc__, "models/retriever").parse_args(argv)
-    run_evaluation(args, lambda: evaluate(args.data, args.model, args.onnx, args.limit))
+    p = evaluation_parser("build_tools evaluate-retriever", __doc__, "models/retriever")
+    p.add_argument("--distractors", nargs="*", type=Path, default=[],
+                   help="SQuAD-format files whose paragraphs join the pool (for files with few paragraphs)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="appliance TOML whose [retriever] section is the configuration reported (default: shipped)")
+    p.add_argument("--no-grid", action="store_true", help="leave out the grid of fusion settings")
+    args = p.parse_args(argv)
+    config = load_config(args.config) if args.config else Config()
+    run_evaluation(args, lambda: evaluate(args.data, args.model, args.onnx, args.limit, args.distractors, config,
+                                          not args.no_grid))
+
 
 if __name__ == "__main__":
     main()

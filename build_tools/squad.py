@@ -24,14 +24,7 @@ class SquadExample:
 
 def load_squad(path: str | Path) -> list[SquadExample]:
     """Flatten a SQuAD-format JSON file; raises ValueError naming the file if it is not one."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            data = json.load(fh)
-        articles = data["data"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a readable SQuAD-format JSON file ({exc})") from exc
+    articles = _articles(path)
     examples: list[SquadExample] = []
     paragraph_id = 0
     for article in articles:
@@ -52,3 +45,23 @@ def load_squad(path: str | Path) -> list[SquadExample]:
                 )
             paragraph_id += 1
     return examples
+
+
+def load_paragraphs(path: str | Path) -> list[tuple[str, str]]:
+    """(title, context) of every paragraph of the file, in file order, with or without questions."""
+    return [(article.get("title", ""), para["context"]) for article in _articles(path)
+            for para in article.get("paragraphs", [])]
+
+
+def _articles(path: str | Path) -> list[dict]:
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            data = json.load(fh)
+        articles = data["data"]
+        if not isinstance(articles, list):
+            raise TypeError("'data' is not a list of articles")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a readable SQuAD-format JSON file ({exc})") from exc
+    return articles

@@ -120,10 +120,10 @@ def optimizer_step(trainable: list, optimizer, scheduler) -> None:
 
 
 def run_steps(train_step, start: int, total: int, max_minutes: float, checkpoint_every_min: float,
-              checkpoint, log, steps_per_epoch: int = 0, stop_requested=lambda: False) -> int:
+              checkpoint, log, steps_per_epoch: int = 0, stop_requested=lambda: False, unit: str = "items") -> int:
     """The shared training clock: ``train_step(step) -> (loss, items)`` until ``total`` steps or the
-    wall-clock budget, a JSON progress line a minute (items/s, epoch, ETA), ``checkpoint(step)``
-    every N minutes and at the end. Returns the step reached."""
+    wall-clock budget, a JSON progress line a minute (items/s, named ``{unit}_per_s``; epoch; ETA),
+    ``checkpoint(step)`` every N minutes and at the end. Returns the step reached."""
     import time
 
     started = last_log = last_ckpt = time.time()
@@ -139,7 +139,7 @@ def run_steps(train_step, start: int, total: int, max_minutes: float, checkpoint
         step, seen = step + 1, seen + items
         now = time.time()
         if now - last_log > 60 or step == total:
-            log(json.dumps(progress_line(step, total, start, loss, seen, now - started, steps_per_epoch)))
+            log(json.dumps(progress_line(step, total, start, loss, seen, now - started, steps_per_epoch, unit)))
             last_log = now
         if now - last_ckpt > checkpoint_every_min * 60:
             checkpoint(step)
@@ -149,10 +149,10 @@ def run_steps(train_step, start: int, total: int, max_minutes: float, checkpoint
 
 
 def progress_line(step: int, total: int, start: int, loss: float, seen: int, elapsed_s: float,
-                  steps_per_epoch: int = 0) -> dict:
+                  steps_per_epoch: int = 0, unit: str = "items") -> dict:
     """Where a job stands: rate over this run, epoch fraction, and time left at that rate."""
     rate = (step - start) / max(elapsed_s, 1e-9)
-    line = {"step": step, "of": total, "loss": round(loss, 5), "items_per_s": round(seen / max(elapsed_s, 1e-9), 2),
+    line = {"step": step, "of": total, "loss": round(loss, 5), f"{unit}_per_s": round(seen / max(elapsed_s, 1e-9), 2),
             "elapsed_min": round(elapsed_s / 60, 1), "eta_min": round((total - step) / max(rate, 1e-9) / 60, 1)}
     if steps_per_epoch:
         line["epoch"] = round(step / steps_per_epoch, 3)

@@ -1,0 +1,355 @@
+"""Fine-tune all-MiniLM-L6-v2 as a question → passage retriever, on CPU or GPU.
+
+Contrastive training (MultipleNegativesRankingLoss, in plain torch): each question is scored
+against every passage of its batch, the positives of the other questions (in-batch negatives)
+and one BM25 hard negative per question, and trained to put its own passage first (cross-entropy
+over scale × cosine). Embeddings are made exactly as the runtime encoder makes them: the
+tokenizer truncated to --max-length, token types 0, mean pooling over real tokens, L2
+normalisation.
+
+Pairs: SQuAD v1.1 train question → its paragraph, with the paragraph of the same article that BM25
+ranks first among those without any gold answer text as the hard negative; MedQuAD question →
+answer, with the answer BM25 ranks first among the other questions' answers. Batches never hold
+the same passage twice, nor one question's hard negative as another's positive (that would teach
+a false negative), and are bucketed by length (dynamic padding).
+
+The job spans sessions like train-reader: its folder lives outside the repository; it resumes
+model, optimiser, schedule and position in the seeded data order from the checkpoint (written
+every --checkpoint-every-min minutes and on SIGTERM); without a checkpoint it warm-starts from the
+base model. The prepared pairs are cached in the job folder, so a resume does not redo BM25.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from appliance.bm25 import BM25
+from appliance.windows import load_tokenizer
+from build_tools.compress.common import batch_inputs, run_steps
+from build_tools.paths import SHARED_DATA, SQUAD_DIR, minilm_dir
+from build_tools.squad import load_squad
+from build_tools.train_reader import stop_on_signals
+from build_tools.training import (choose_bf16, default_train_dir, jemalloc_loaded, load_checkpoint, log_json,
+                                  save_checkpoint)
+
+DEFAULT_SQUAD = [SQUAD_DIR / "train-v1.1.json.gz"]
+DEFAULT_MEDQUAD = [SHARED_DATA / "medical" / "medquad_pairs_with_answers.json"]
+PAIRS_FILE = "pairs.json"
+
+
+@dataclass
+class Pairs:
+    """Questions, the passages they are paired with (each text once) and one hard negative each."""
+
+    questions: list[str]
+    passages: list[str]
+    positive: list[int]  # per question: position in passages
+    negative: list[int]  # per question: position in passages, -1 when none was found
+    lengths: list[int]  # per question: tokens of its longest passage (for length buckets)
+    sources: dict[str, int]
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def squad_pairs(paths: list[Path], negatives: bool) -> list[tuple[str, str, str | None]]:
+    """(question, paragraph, hard negative) for every answerable question of the files."""
+    examples = [ex for path in paths for ex in load_squad(path) if not ex.is_impossible]
+    by_article: dict[str, dict[str, None]] = {}
+    for ex in examples:
+        by_article.setdefault(ex.title, {})[ex.context] = None
+    contexts = {title: list(texts) for title, texts in by_article.items()}
+    indexes: dict[str, BM25] = {}
+    out = []
+    for ex in examples:
+        negative = None
+        texts = contexts[ex.title]
+        if negatives and len(texts) > 1:
+            if ex.title not in indexes:
+                indexes[ex.title] = BM25.build(texts)
+            answers = [a.lower() for a in ex.answers]
+            for i in indexes[ex.title].search(ex.question, 10):
+                if texts[i] != ex.context and not any(a in texts[i].lower() for a in answers):
+                    negative = texts[i]
+                    break
+        out.append((ex.question, ex.context, negative))
+    return out
+
+
+def medquad_pairs(paths: list[Path], negatives: bool) -> list[tuple[str, str, str | None]]:
+    """(question, answer, hard negative) for MedQuAD rows; the negative is never an answer given to
+    the same question text (MedQuAD repeats questions across sources)."""
+    rows = [r for path in paths for r in json.loads(Path(path).read_text(encoding="utf-8"))]
+    pairs = list(dict.fromkeys((_clean(r["question"]), _clean(r["answer"])) for r in rows
+                               if _clean(r.get("question", "")) and _clean(r.get("answer", ""))))
+    answers = list(dict.fromkeys(a for _, a in pairs))
+    answered: dict[str, set[str]] = {}
+    for q, a in pairs:
+        answered.setdefault(q, set()).add(a)
+    index = BM25.build(answers) if negatives else None
+    out = []
+    for q, a in pairs:
+        negative = None
+        if index is not None:
+            for i in index.search(q, 10):
+                if answers[i] not in answered[q]:
+                    negative = answers[i]
+                    break
+        out.append((q, a, negative))
+    return out
+
+
+def prepare_pairs(squad: list[Path], medquad: list[Path], negatives: bool, tokenizer, max_length: int) -> Pairs:
+    from_squad, from_medquad = squad_pairs(squad, negatives), medquad_pairs(medquad, negatives)
+    triples = from_squad + from_medquad
+    sources = {"squad": len(from_squad), "medquad": len(from_medquad)}
+    passages: dict[str, int] = {}
+    for _, pos, neg in triples:
+        for text in (pos, neg):
+            if text is not None and text not in passages:
+                passages[text] = len(passages)
+    texts = list(passages)
+    tokenizer.enable_truncation(max_length)
+    tokens = [len(e.ids) for e in tokenizer.encode_batch(texts)]
+    positive = [passages[p] for _, p, _ in triples]
+    negative = [passages[n] if n is not None else -1 for _, _, n in triples]
+    lengths = [max(tokens[p], tokens[n] if n >= 0 else 0) for p, n in zip(positive, negative)]
+    return Pairs([q for q, _, _ in triples], texts, positive, negative, lengths, sources)
+
+
+def cached_pairs(out: Path, settings: dict, make) -> tuple[Pairs, bool]:
+    """The pairs of an earlier start of this job when they were made with the same settings."""
+    path = out / PAIRS_FILE
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("key") == key:
+                return Pairs(**data["pairs"]), True
+        except (OSError, ValueError, TypeError):
+            pass
+    pairs = make()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "settings": settings, "pairs": pairs.__dict__}), encoding="utf-8")
+    tmp.replace(path)
+    return pairs, False
+
+
+def conflict_free_batches(pairs: Pairs, order: list[int], batch_size: int) -> list[list[int]]:
+    """Consecutive batches from ``order``; a pair whose passage (positive or hard negative) or
+    question is already in the batch waits for the next one."""
+    pending = deque(order)
+    batches = []
+    while pending:
+        batch, used, waiting = [], set(), []
+        while pending and len(batch) < batch_size:
+            i = pending.popleft()
+            keys = pair_keys(pairs, i)
+            if keys & used:
+                waiting.append(i)
+                continue
+            batch.append(i)
+            used |= keys
+        pending.extendleft(reversed(waiting))
+        batches.append(batch)
+    return batches
+
+
+def pair_keys(pairs: Pairs, i: int) -> set:
+    """What must not repeat inside a batch: its passages and its question text."""
+    keys = {("p", pairs.positive[i]), ("q", pairs.questions[i])}
+    if pairs.negative[i] >= 0:
+        keys.add(("p", pairs.negative[i]))
+    return keys
+
+
+def epoch_batches(pairs: Pairs, batch_size: int, seed: int) -> list[list[int]]:
+    """Shuffle, sort by length inside chunks of 50 batches, cut conflict-free batches, shuffle them."""
+    rng = random.Random(seed)
+    order = list(range(len(pairs.questions)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches = []
+    for i in range(0, len(order), chunk):
+        part = sorted(order[i : i + chunk], key=lambda j: pairs.lengths[j])
+        batches += conflict_free_batches(pairs, part, batch_size)
+    rng.shuffle(batches)
+    return batches
+
+
+def embed(model, tokenizer, texts: list[str], max_length: int, device: str) -> torch.Tensor:
+    """Unit vectors as appliance.encoder makes them: mean over real tokens, then L2 normalisation."""
+    ids, mask = batch_inputs(tokenizer, texts, max_length)
+    ids, mask = ids.to(device), mask.to(device)
+    hidden = model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).last_hidden_state
+    summed = (hidden.float() * mask[..., None]).sum(1)
+    pooled = summed / mask.sum(1, keepdim=True).clamp(min=1)
+    return F.normalize(pooled, dim=-1, eps=1e-12)
+
+
+def ranking_loss(questions: torch.Tensor, passages: torch.Tensor, scale: float) -> torch.Tensor:
+    """MultipleNegativesRankingLoss: question i's positive is passage i; every other passage of
+    the batch (the others' positives, then the hard negatives) is a negative."""
+    scores = scale * questions @ passages.T
+    return F.cross_entropy(scores, torch.arange(len(questions), device=scores.device))
+
+
+def export_snapshot(checkpoint: Path, base: Path, out: Path) -> None:
+    """Write the model of a running job's checkpoint as a model dir (export-retriever --base DIR)."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(base)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    save_final(model, base, out, state.get("record", {}))
+    log_json(snapshot=str(out), step=state["step"])
+
+
+def save_final(model, base: Path, out: Path, record: dict) -> None:
+    model.save_pretrained(out)
+    shutil.copy(base / "tokenizer.json", out / "tokenizer.json")
+    (out / "training.json").write_text(json.dumps(record, indent=2))
+
+
+def parse_args(argv: list[str] | None):
+    p = argparse.ArgumentParser(prog="build_tools train-retriever", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--squad", nargs="*", default=[str(f) for f in DEFAULT_SQUAD], help="SQuAD-format files")
+    p.add_argument("--medquad", nargs="*", default=[str(f) for f in DEFAULT_MEDQUAD],
+                   help="MedQuAD JSON lists of {question, answer}")
+    p.add_argument("--base", default=None, help="HF model dir (default: all-MiniLM-L6-v2 of its package)")
+    p.add_argument("--out", default=None, help="job folder (default: ~/.cache/appliance/train/retriever)")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per text (the runtime's retriever.max_length)")
+    p.add_argument("--batch-size", type=int, default=32, help="questions per batch (each brings 2 passages)")
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--warmup", type=float, default=0.1)
+    p.add_argument("--scale", type=float, default=20.0, help="cosine scale of the ranking loss")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=0, help="0 = all epochs")
+    p.add_argument("--time-budget-min", type=float, default=0, help="stop after this long (0 = none)")
+    p.add_argument("--checkpoint-every-min", type=float, default=10)
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--limit", type=int, default=0, help="train on the first N pairs of the shuffled data only")
+    p.add_argument("--no-hard-negatives", action="store_true", help="in-batch negatives only")
+    p.add_argument("--train-word-embeddings", action="store_true",
+                   help="also update the 30k-row embedding matrix (slower on CPU)")
+    p.add_argument("--attention-dropout", type=float, default=0.0,
+                   help="dropout on attention probabilities; >0 forces the slow attention path on CPU")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--export-snapshot", default=None, metavar="DIR",
+                   help="write the job's current checkpoint as a model dir and exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from transformers import AutoModel, get_linear_schedule_with_warmup
+
+    base = Path(args.base) if args.base else minilm_dir()
+    out = Path(args.out) if args.out else default_train_dir("retriever")
+    ckpt = out / "checkpoint.pt"
+    if args.export_snapshot:
+        export_snapshot(ckpt, base, Path(args.export_snapshot))
+        return
+    stop = stop_on_signals()
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    use_bf16 = choose_bf16(args.bf16, device)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    tokenizer = load_tokenizer(base / "tokenizer.json")
+    files = [Path(f) for f in args.squad + args.medquad]
+    settings = {"squad": args.squad, "medquad": args.medquad, "hard_negatives": not args.no_hard_negatives,
+                "max_length": args.max_length, "tokenizer": hashlib.sha256((base / "tokenizer.json").read_bytes())
+                .hexdigest(), "files": {str(f): f.stat().st_size for f in files}}
+    pairs, cached = cached_pairs(out, settings, lambda: prepare_pairs(
+        [Path(f) for f in args.squad], [Path(f) for f in args.medquad], not args.no_hard_negatives, tokenizer,
+        args.max_length))
+    if args.limit:  # a seeded sample, the same on every start
+        keep = sorted(random.Random(args.seed).sample(range(len(pairs.questions)), min(args.limit,
+                                                                                        len(pairs.questions))))
+        pairs = Pairs([pairs.questions[i] for i in keep], pairs.passages, [pairs.positive[i] for i in keep],
+                      [pairs.negative[i] for i in keep], [pairs.lengths[i] for i in keep], {"limit": len(keep)})
+    batches = [b for e in range(args.epochs) for b in epoch_batches(pairs, args.batch_size, args.seed + 1000 * e)]
+    steps_per_epoch = len(batches) // args.epochs
+    total_steps = min(args.max_steps or len(batches), len(batches))
+    log_json(pairs=len(pairs.questions), passages=len(pairs.passages), sources=pairs.sources,
+             hard_negatives=sum(n >= 0 for n in pairs.negative), pairs_cached=cached,
+             steps_per_epoch=steps_per_epoch, total_steps=total_steps, bf16=use_bf16, device=device,
+             jemalloc=jemalloc_loaded(), threads=args.threads, prep_s=round(time.time() - t0, 1), out=str(out))
+
+    model = AutoModel.from_pretrained(base, attn_implementation="sdpa",
+                                      attention_probs_dropout_prob=args.attention_dropout)
+    if not args.train_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup * total_steps), total_steps)
+    record = {"base": str(base), "squad": args.squad, "medquad": args.medquad, "pairs_per_epoch": len(pairs.questions),
+              "sources": pairs.sources, "hard_negatives": not args.no_hard_negatives, "epochs": args.epochs,
+              "planned_steps": total_steps, "max_length": args.max_length, "batch_size": args.batch_size,
+              "lr": args.lr, "scale": args.scale, "attention_dropout": args.attention_dropout,
+              "pairs_trained": 0, "train_minutes": 0.0, "sessions": []}
+    step = 0
+    if ckpt.exists():
+        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        step, record = state["step"], {**record, **state.get("record", {})}
+        log_json(resumed_at_step=step, pairs_trained=record["pairs_trained"])
+    else:
+        record["warm_start"] = str(base)
+        log_json(warm_start=record["warm_start"])
+    model.to(device).train()
+    session = {"started_step": step, "bf16": use_bf16, "device": device, "jemalloc": jemalloc_loaded(),
+               "pairs": 0, "minutes": 0.0}
+    record["sessions"] = [*record["sessions"], session]
+    started = time.time()
+    pairs_before, minutes_before = record["pairs_trained"], record["train_minutes"]
+
+    def train_step(i: int) -> tuple[float, int]:
+        torch.manual_seed(args.seed + i)  # dropout masks depend on the step alone: a resumed job repeats them
+        batch = batches[i]
+        questions = [pairs.questions[j] for j in batch]
+        passages = [pairs.passages[pairs.positive[j]] for j in batch]
+        passages += [pairs.passages[pairs.negative[j]] for j in batch if pairs.negative[j] >= 0]
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16):
+            q = embed(model, tokenizer, questions, args.max_length, device)
+            p = embed(model, tokenizer, passages, args.max_length, device)
+        loss = ranking_loss(q, p, args.scale)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        session["pairs"] += len(batch)
+        return loss.item(), len(batch)
+
+    def checkpoint(i: int) -> None:
+        session.update(ended_step=i, minutes=round((time.time() - started) / 60, 1))
+        session["pairs_per_s"] = round(session["pairs"] / max(time.time() - started, 1e-9), 2)
+        record.update(steps=i, pairs_trained=pairs_before + session["pairs"],
+                      epochs_done=round(i / max(steps_per_epoch, 1), 3),
+                      train_minutes=round(minutes_before + session["minutes"], 1))
+        save_checkpoint(ckpt, model, optimizer, scheduler, i, {"record": record})
+
+    step = run_steps(train_step, step, total_steps, args.time_budget_min, args.checkpoint_every_min, checkpoint,
+                     lambda line: print(line, flush=True), steps_per_epoch, stop, unit="pairs")
+    if step >= total_steps:
+        save_final(model, base, out / "final", record)
+        log_json(saved=str(out / "final"), steps=step)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The training queue: one job at a time, in the order reader → retriever. Each job lives in its
+# folder outside the repository (~/.cache/appliance/train/JOB, or $APPLIANCE_TRAIN_DIR/JOB) with
+# its checkpoints, log (train.log) and PID; a job is finished when its folder holds final/.
+#
+#   scripts/train.sh              resume the first unfinished job in the background; when it
+#                                 finishes, go on to the next (a job that is already running is
+#                                 waited for first). Extra arguments per job: READER_ARGS="…",
+#                                 RETRIEVER_ARGS="…".
+#   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | retriever), ARGS to
+#                                 `python -m build_tools train-JOB`.
+#
+# Jobs run under nice (10: they still get a share beside foreground work; nice 19 starves them),
+# with jemalloc when available. Pause a job with kill -STOP "$(cat JOB/pid)", resume with -CONT;
+# stop it with kill -TERM (it checkpoints first; the queue then stops too, and this script
+# resumes it next time). The queue's own log and PID: $ROOT/queue.log, $ROOT/queue.pid.
+set -euo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$0")/.."
+ROOT=${APPLIANCE_TRAIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/appliance/train}
+JOBS=(reader retriever)
+mkdir -p "$ROOT"
+
+running() {  # running JOB: its PID file names a live train-JOB process
+    [ -f "$ROOT/$1/pid" ] && grep -qs "train-$1" "/proc/$(cat "$ROOT/$1/pid")/cmdline"
+}
+
+setup() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p | grep -q libjemalloc.so.2; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null || true
+    fi
+    .venv/bin/python -c "import torch, transformers" 2>/dev/null || .venv/bin/python -m pip install --quiet -e ".[build]"
+}
+
+launch() {  # launch JOB [ARGS]: start train-JOB in the background, PID in JOB/pid
+    local job=$1; shift
+    local dir="$ROOT/$job"
+    mkdir -p "$dir"
+    JEMALLOC=$(ldconfig -p 2>/dev/null | awk '/libjemalloc.so.2 / {print $NF; exit}')
+    # jemalloc's default decay hands freed pages back at once; with batches of varying length that
+    # turns into page faults (a third of the CPU time went to the kernel): keep them for a minute.
+    MALLOC_CONF=${MALLOC_CONF:-background_thread:true,dirty_decay_ms:60000,muzzy_decay_ms:60000} \
+    LD_PRELOAD=${JEMALLOC:-} nohup nice -n "${NICE:-10}" .venv/bin/python -m build_tools "train-$job" --out "$dir" "$@" \
+        >>"$dir/train.log" 2>&1 &
+    echo $! >"$dir/pid"
+    echo "started $job: PID $!, log $dir/train.log"
+}
+
+if [ $# -gt 0 ] && [ "$1" != "--queue" ]; then  # one job by name
+    job=$1; shift
+    case " ${JOBS[*]} " in *" $job "*) ;; *) echo "unknown job $job (one of: ${JOBS[*]})" >&2; exit 2;; esac
+    if running "$job"; then
+        echo "already running: PID $(cat "$ROOT/$job/pid"), log $ROOT/$job/train.log"; exit 0
+    fi
+    setup
+    launch "$job" "$@"
+    exit 0
+fi
+
+if [ "${1:-}" = "--queue" ]; then  # the queue itself, in the background
+    for job in "${JOBS[@]}"; do
+        [ -d "$ROOT/$job/final" ] && continue
+        if running "$job"; then
+            echo "$(date -u +%FT%TZ) waiting for $job (PID $(cat "$ROOT/$job/pid"))"
+        else
+            args_var="$(echo "$job" | tr a-z A-Z)_ARGS"
+            # shellcheck disable=SC2086  # word splitting of the extra arguments is wanted
+            launch "$job" ${!args_var:-}
+        fi
+        while running "$job"; do sleep "${QUEUE_POLL_S:-60}"; done
+        if [ ! -d "$ROOT/$job/final" ]; then
+            echo "$(date -u +%FT%TZ) $job stopped before its end (no final/): queue stopped; run scripts/train.sh to resume"
+            exit 0
+        fi
+        echo "$(date -u +%FT%TZ) $job finished"
+    done
+    echo "$(date -u +%FT%TZ) every job has finished"
+    exit 0
+fi
+
+if [ -f "$ROOT/queue.pid" ] && grep -qs "train.sh" "/proc/$(cat "$ROOT/queue.pid")/cmdline"; then
+    echo "queue already running: PID $(cat "$ROOT/queue.pid"), log $ROOT/queue.log"; exit 0
+fi
+for job in "${JOBS[@]}"; do
+    if [ ! -d "$ROOT/$job/final" ]; then next=$job; break; fi
+done
+if [ -z "${next:-}" ]; then echo "every job has finished (${JOBS[*]})"; exit 0; fi
+setup
+nohup "$SELF" --queue >>"$ROOT/queue.log" 2>&1 &
+echo $! >"$ROOT/queue.pid"
+echo "queue started: PID $!, log $ROOT/queue.log; next job: $next$(running "$next" && echo " (running, waited for)")"

@@ -1,0 +1,101 @@
+"""train-retriever as a job that spans sessions, on a tiny BERT and tiny data: a run stopped by its
+time budget and resumed ends with the same weights as one that never stopped; batches never
+teach a false negative; the result exports through export-retriever and embeds exactly as the
+runtime encoder does."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import DATA, run_cli
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from tests.test_compression import tiny_dirs  # noqa: E402,F401  (fixture)
+
+SQUAD = DATA / "tiny-squad-pool.json"  # articles of several paragraphs: BM25 hard negatives exist
+MEDQUAD = DATA / "tiny-medquad.json"
+
+
+def train(base, out, *extra: str):
+    result = run_cli("build_tools", "train-retriever", "--base", str(base), "--squad", str(SQUAD), str(DATA / "tiny-squad.json"),
+                     "--medquad", str(MEDQUAD), "--out", str(out), "--batch-size", "3", "--epochs", "2",
+                     "--bf16", "off", "--threads", "1", *extra)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def final_weights(out) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def test_a_stopped_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(tiny_dirs, tmp_path):
+    base = tiny_dirs["retriever"]
+    straight = train(base, tmp_path / "straight")
+    total = straight[0]["total_steps"]
+    assert straight[0]["hard_negatives"] >= 5 and straight[0]["sources"] == {"squad": 10, "medquad": 5}
+    assert straight[-1]["saved"] and straight[-1]["steps"] == total
+    assert any("pairs_per_s" in line for line in straight)  # the progress line counts pairs
+
+    first = train(base, tmp_path / "resumed", "--time-budget-min", "0.00001")
+    assert any(line.get("stopped") == "time budget" for line in first)
+    assert not (tmp_path / "resumed" / "final").exists()
+    second = train(base, tmp_path / "resumed")
+    assert second[0]["pairs_cached"]  # BM25 negatives are not recomputed on resume
+    resumed_at = next(line["resumed_at_step"] for line in second if "resumed_at_step" in line)
+    assert 0 < resumed_at < total
+
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    moved = 0
+    base_state = transformers.BertModel.from_pretrained(base).state_dict()
+    for name in a:
+        np.testing.assert_allclose(a[name].numpy(), b[name].numpy(), atol=1e-5, err_msg=name)
+        moved += not torch.allclose(a[name], base_state[name])
+    assert moved > 0  # it trained
+    record = json.loads((tmp_path / "resumed" / "final" / "training.json").read_text())
+    assert record["steps"] == total and len(record["sessions"]) == 2
+    assert record["pairs_trained"] == json.loads((tmp_path / "straight" / "final" / "training.json").read_text())[
+        "pairs_trained"] == 2 * 15
+
+
+def test_batches_hold_no_passage_or_question_twice():
+    from build_tools.train_retriever import Pairs, epoch_batches, pair_keys
+
+    # 12 questions over 3 paragraphs; each question's hard negative is the next paragraph
+    pairs = Pairs([f"q{i % 10}" for i in range(12)], ["a", "b", "c"], [i % 3 for i in range(12)],
+                  [(i + 1) % 3 for i in range(12)], [5] * 12, {"squad": 12})
+    batches = epoch_batches(pairs, 4, seed=1)
+    assert sorted(i for b in batches for i in b) == list(range(12))
+    for batch in batches:
+        keys = [pair_keys(pairs, i) for i in batch]
+        assert all(not (keys[x] & keys[y]) for x in range(len(batch)) for y in range(x + 1, len(batch)))
+    assert epoch_batches(pairs, 4, seed=1) == batches
+
+
+def test_the_trained_model_exports_and_embeds_as_the_runtime_encoder(tiny_dirs, tmp_path):
+    from appliance.config import RetrieverConfig
+    from appliance.encoder import SentenceEncoder
+    from appliance.windows import load_tokenizer
+    from build_tools.train_retriever import embed
+
+    lines = train(tiny_dirs["retriever"], tmp_path / "job", "--epochs", "1")
+    final = tmp_path / "job" / "final"
+    assert lines[-1]["saved"] == str(final)
+    result = run_cli("build_tools", "export-retriever", "--base", str(final), "--out", str(tmp_path / "int8"),
+                     "--fp32-out", str(tmp_path / "fp32"), "--parity-samples", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    assert manifest["source"]["fine_tuned"]["pairs_per_epoch"] == 15
+    assert manifest["parity_vs_pytorch"]["int8"]["min_cosine"] > 0.9
+
+    texts = ["how long does the quick program take", "The Quick program takes 30 minutes.", "a"]
+    encoder = SentenceEncoder(tmp_path / "fp32", RetrieverConfig(threads=1))
+    model = transformers.BertModel.from_pretrained(final).eval()
+    with torch.no_grad():
+        trained = embed(model, load_tokenizer(final / "tokenizer.json"), texts, 256, "cpu").numpy()
+    np.testing.assert_allclose(encoder.encode(texts), trained, atol=1e-4)
