@@ -37,9 +37,9 @@ class IngestConfig:
 class RetrieverConfig:
     top_k: int = 5  # passages handed to the reader
     candidates: int = 30  # per ranker, before fusion
-    rrf_k: int = 60  # reciprocal-rank-fusion constant (Cormack et al.)
+    rrf_k: int = 1  # reciprocal-rank-fusion constant (Cormack et al.); 1 and the weight: tune-fusion
     mode: str = "hybrid"  # hybrid | dense | bm25
-    dense_weight: float = 2.0  # weight of the dense ranking against BM25's in the fusion (evaluate-kb)
+    dense_weight: float = 1.0  # weight of the dense ranking against BM25's in the fusion
     max_length: int = 256  # encoder tokens per passage
     threads: int = 2
 

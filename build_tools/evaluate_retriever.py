@@ -94,7 +94,7 @@ def open_encoder(config: Config, model: Path | None = None, onnx: str | None = N
 
 
 def encode_texts(encoder: SentenceEncoder, texts: list[str], label: str) -> np.ndarray:
-    chunk = 256
+    chunk = 64  # as appliance.index encodes passages: int8 activations are quantised per batch
     parts = [encoder.encode(texts[i : i + chunk])
              for i in tqdm(range(0, len(texts), chunk), desc=f"{label}: passages", unit="chunk", leave=False)]
     return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype=np.float32)

@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
         keep = sorted(random.Random(args.seed).sample(range(len(pairs.questions)), min(args.limit,
                                                                                         len(pairs.questions))))
         pairs = Pairs([pairs.questions[i] for i in keep], pairs.passages, [pairs.positive[i] for i in keep],
-                      [pairs.negative[i] for i in keep], [pairs.lengths[i] for i in keep], {"limit": len(keep)})
+                      [pairs.negative[i] for i in keep], [pairs.lengths[i] for i in keep],
+                      {**pairs.sources, "limit": len(keep)})
     batches = [b for e in range(args.epochs) for b in epoch_batches(pairs, args.batch_size, args.seed + 1000 * e)]
     steps_per_epoch = len(batches) // args.epochs
     total_steps = min(args.max_steps or len(batches), len(batches))

@@ -37,7 +37,7 @@ def test_unknown_mode_is_rejected(encoder, kb_index_dir):
 
 
 def test_a_retriever_runs_the_fusion_and_depth_of_its_config_section(encoder, kb_index_dir):
-    """The shipped dense weight (2) is what it fuses with, and top_k is the section's unless asked."""
+    """The shipped RRF constant and dense weight are what it fuses with, and top_k is the section's unless asked."""
     from appliance.retriever import reciprocal_rank_fusion
 
     index = load_index(kb_index_dir)

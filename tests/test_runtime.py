@@ -30,7 +30,7 @@ SETTINGS = """
 index = "{index}"
 [retriever]
 top_k = 3
-dense_weight = 1.0
+dense_weight = 3.0
 rrf_k = 20
 candidates = 12
 [reader]
