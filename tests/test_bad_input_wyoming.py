@@ -21,7 +21,7 @@ from wyoming.event import async_read_event  # noqa: E402
 from appliance.config import Config  # noqa: E402
 from appliance.speech.audio import SAMPLE_RATE, to_int16_bytes  # noqa: E402
 from appliance.runtime import wyoming_service  # noqa: E402
-from appliance.wyoming_server import run_wyoming, speakable_pieces  # noqa: E402
+from appliance.wyoming_server import TTS_CHUNK_SECONDS, run_wyoming, speakable_pieces  # noqa: E402
 
 MAX_CLIENTS = 4
 MAX_TEXT = 3000
@@ -153,7 +153,33 @@ def test_long_text_streams_sentence_by_sentence(server):
     total = arrivals[-1][1]
     assert first_chunk < total / 4, f"first chunk at {first_chunk:.2f} s of {total:.2f} s: not streamed"
     seconds = sum(len(AudioChunk.from_event(e).audio) for k, _, e in arrivals if k == "audio-chunk") / 2
-    assert seconds / AudioStart.from_event(arrivals[0][2]).rate > 24  # every sentence was spoken
+    rate = AudioStart.from_event(arrivals[0][2]).rate
+    assert seconds / rate > 24  # every sentence was spoken
+    sizes = [len(AudioChunk.from_event(e).audio) for k, _, e in arrivals if k == "audio-chunk"]
+    assert len(sizes) > 24 and max(sizes) <= 2 * int(rate * TTS_CHUNK_SECONDS)  # many chunks, each bounded
+
+
+def test_short_text_streams_the_synthesizers_audio(server):
+    """What goes out for a short answer is what the synthesizer makes of it unstreamed (the voice
+    samples its durations, so the length is compared, within a few per cent)."""
+    text = "Preheat the oven for twenty minutes before baking bread."
+    direct = [sum(len(a.samples) for a in server.service.synthesizer.synthesize(text))
+              for _ in range(3)]
+
+    async def run():
+        async with AsyncClient.from_uri(server.uri) as client:
+            await client.write_event(header_event("synthesize", {"text": text}))
+            samples = 0
+            while True:
+                event = await asyncio.wait_for(client.read_event(), 120)
+                if event.type == "audio-chunk":
+                    samples += len(AudioChunk.from_event(event).audio) // 2
+                if event.type in ("audio-stop", "error"):
+                    return event.type, samples
+
+    streamed = [asyncio.run(run()) for _ in range(3)]
+    assert all(kind == "audio-stop" for kind, _ in streamed)
+    assert abs(np.mean([n for _, n in streamed]) / np.mean(direct) - 1) < 0.05, (streamed, direct)
 
 
 def header_event(kind: str, data: dict):
