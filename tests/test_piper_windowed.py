@@ -1,5 +1,5 @@
-"""Piper's decoder runs in bounded windows (appliance.speech.tts.PiperSynthesizer): the audio is the
-whole model's, and memory no longer grows with the sentence."""
+"""Piper's decoder runs in bounded windows (appliance.speech.piper_split): the audio is the whole
+model's, and memory no longer grows with the sentence."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.speech import tts
+from appliance.speech import piper_split, tts
 
 pytest.importorskip("piper")
-pytest.importorskip("onnx")
 
 SHORT = "Preheat the oven for twenty minutes before baking bread."
 LONG = "Check the oil level " + " ".join(["and wipe the filter with a dry cloth"] * 7) + "."  # 279 characters
@@ -79,7 +78,7 @@ def test_a_long_sentence_is_decoded_in_several_bounded_windows(piper, whole):
     frames = len(windowed) // 256
     assert len(seen["decoder"]) >= frames // session.window > 1
     assert max(seen["decoder"]) <= session.window + 2 * (session.context + session.post_context)
-    assert max(seen["post"]) <= (tts.POST_WINDOW_FRAMES + 2 * session.post_context) * session.rate
+    assert max(seen["post"]) <= (piper_split.POST_WINDOW_FRAMES + 2 * session.post_context) * session.rate
     assert np.abs(windowed - quiet(whole, LONG)).max() < 1e-4
 
 
@@ -112,7 +111,30 @@ def test_a_long_sentence_grows_memory_far_less_when_windowed(piper):
     assert growth["windowed"] < 50 and growth["windowed"] < growth["whole"] / 3, growth
 
 
-def test_without_the_onnx_package_the_cut_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnx", None)
-    assert tts._write_split("unused.onnx", str(tmp_path)) == 2
-    assert not list(tmp_path.iterdir())
+@pytest.mark.slow
+def test_the_parts_are_valid_onnx_models_that_add_up_to_the_voice(piper, tmp_path):
+    onnx = pytest.importorskip("onnx")  # build-side only: the cut itself reads the wire format
+    cut = piper_split.write_parts(tts.default_piper_voice(), tmp_path)
+    whole = onnx.load(str(tts.default_piper_voice()))
+    parts = {name: onnx.load(str(tmp_path / f"{name}.onnx")) for name in ("encoder", "decoder", "post")}
+    for model in parts.values():
+        onnx.checker.check_model(model)
+    assert [i.name for i in parts["decoder"].graph.input] == [cut["latent"]]
+    assert [i.name for i in parts["post"].graph.input] == [cut["mid"]]
+    assert [o.name for o in parts["post"].graph.output] == [o.name for o in whole.graph.output]
+    assert [i.name for i in parts["encoder"].graph.input] == [i.name for i in whole.graph.input]
+    names = sorted(n.name for model in parts.values() for n in model.graph.node)
+    assert names == sorted(n.name for n in whole.graph.node)  # every node, once
+    weights = {t.name for model in parts.values() for t in model.graph.initializer}
+    assert weights == {t.name for t in whole.graph.initializer}
+
+
+def test_a_graph_without_a_decoder_is_not_cut(tmp_path):
+    from appliance.speech.piper_split import _encode_varint, _field
+
+    graph = b"".join(bytes(c) for c in _field(2, b"empty"))
+    model = _encode_varint(1 << 3) + _encode_varint(8) + b"".join(bytes(c) for c in _field(7, graph))
+    (tmp_path / "voice.onnx").write_bytes(model)
+    with pytest.raises(piper_split.CutError, match="no HiFi-GAN decoder"):
+        piper_split.write_parts(tmp_path / "voice.onnx", tmp_path)
+    assert not (tmp_path / "cut.json").exists()
