@@ -83,7 +83,8 @@ def choose(tune: list[tuple[Pool, Ranked]], shipped: RetrieverConfig, margin: fl
     chosen = best if change else current
     return {"tune_sets": [f"{p.name} ({len(p.questions)} questions)" for p, _ in tune],
             "objective": "mean over the tune sets of (R@1 + R@5) / 2", "margin": margin,
-            "shipped": current, "best": best, "chosen": {"rrf_k": chosen["rrf_k"], "dense_weight": chosen["dense_weight"]},
+            "shipped": current, "best": best,
+            "chosen": {"rrf_k": chosen["rrf_k"], "dense_weight": chosen["dense_weight"]},
             "changes_the_shipped_setting": change,
             "grid": sorted(grid, key=lambda g: -g["objective"])}
 
@@ -171,9 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.ood:
         data, *distractors = [Path(f) for f in spec.split("+")]
         pool = squad_pool(data, distractors, limit=args.limit)
-        label = f"{data.name} (out of domain, full pool{' + ' + ', '.join(d.name for d in distractors) if distractors else ''})"
-        results[label] = {**describe(pool, rank(pool, encoder, shipped), shipped, chosen, also),
-                          "paragraphs_of_file": pool.info["paragraphs_of_file"], "distractors": pool.info["distractors"]}
+        widened = " + " + ", ".join(d.name for d in distractors) if distractors else ""
+        results[f"{data.name} (out of domain, full pool{widened})"] = {
+            **describe(pool, rank(pool, encoder, shipped), shipped, chosen, also),
+            "paragraphs_of_file": pool.info["paragraphs_of_file"], "distractors": pool.info["distractors"]}
     report = {"encoder": str(onnx_path), "squad_tune_rule": TUNE_RULE,
               "shipped": {"rrf_k": shipped.rrf_k, "dense_weight": shipped.dense_weight,
                           "candidates": shipped.candidates},

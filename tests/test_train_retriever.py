@@ -21,8 +21,8 @@ MEDQUAD = DATA / "tiny-medquad.json"
 
 
 def train(base, out, *extra: str):
-    result = run_cli("build_tools", "train-retriever", "--base", str(base), "--squad", str(SQUAD), str(DATA / "tiny-squad.json"),
-                     "--medquad", str(MEDQUAD), "--out", str(out), "--batch-size", "3", "--epochs", "2",
+    result = run_cli("build_tools", "train-retriever", "--base", str(base), "--squad", str(SQUAD),
+                     str(DATA / "tiny-squad.json"), "--medquad", str(MEDQUAD), "--out", str(out), "--batch-size", "3", "--epochs", "2",
                      "--bf16", "off", "--threads", "1", *extra)
     assert result.returncode == 0, result.stderr[-2000:]
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -99,3 +99,26 @@ def test_the_trained_model_exports_and_embeds_as_the_runtime_encoder(tiny_dirs, 
     with torch.no_grad():
         trained = embed(model, load_tokenizer(final / "tokenizer.json"), texts, 256, "cpu").numpy()
     np.testing.assert_allclose(encoder.encode(texts), trained, atol=1e-4)
+
+
+def test_sigterm_ends_the_job_with_a_checkpoint(tiny_dirs, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "job"
+    proc = subprocess.Popen([sys.executable, "-m", "build_tools", "train-retriever", "--base",
+                             str(tiny_dirs["retriever"]), "--squad", str(SQUAD), "--medquad", str(MEDQUAD),
+                             "--out", str(out), "--batch-size", "1", "--epochs", "500", "--bf16", "off",
+                             "--threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # the loop starts right after the warm-start line
+        if "warm_start" in line:
+            break
+    proc.terminate()
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 0
+    assert '"stopped": "asked to stop' in rest
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["step"] >= 0 and state["record"]["sessions"][0]["started_step"] == 0
+    assert not (out / "final").exists()
