@@ -25,7 +25,8 @@ running() {  # running JOB: its PID file names a live train-JOB process
     [ -f "$ROOT/$1/pid" ] && grep -qs "train-$1" "/proc/$(cat "$ROOT/$1/pid")/cmdline"
 }
 
-setup() {
+setup() {  # jemalloc and the build extra, once (TRAIN_SETUP=0 skips this)
+    [ "${TRAIN_SETUP:-1}" = 0 ] && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p | grep -q libjemalloc.so.2; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null || true
     fi

@@ -122,3 +122,30 @@ def test_sigterm_ends_the_job_with_a_checkpoint(tiny_dirs, tmp_path):
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["step"] >= 0 and state["record"]["sessions"][0]["started_step"] == 0
     assert not (out / "final").exists()
+
+
+def test_the_training_queue_runs_the_first_unfinished_job_then_the_next(tiny_dirs, tmp_path):
+    import os
+    import subprocess
+    import time
+
+    from tests.conftest import ROOT
+
+    root = tmp_path / "train"
+    (root / "reader" / "final").mkdir(parents=True)  # the reader's job has finished
+    env = {**os.environ, "APPLIANCE_TRAIN_DIR": str(root), "QUEUE_POLL_S": "1", "TRAIN_SETUP": "0",
+           "RETRIEVER_ARGS": f"--base {tiny_dirs['retriever']} --squad {SQUAD} --medquad {MEDQUAD} --batch-size 3 "
+                             f"--bf16 off --threads 1"}
+    started = subprocess.run([str(ROOT / "scripts" / "train.sh")], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    assert "next job: retriever" in started.stdout
+    deadline = time.time() + 240
+    while "every job has finished" not in (root / "queue.log").read_text() and time.time() < deadline:
+        time.sleep(1)
+    log = (root / "queue.log").read_text()
+    assert "started retriever" in log and "retriever finished" in log and "every job has finished" in log
+    assert (root / "retriever" / "final" / "model.safetensors").exists()
+    again = subprocess.run([str(ROOT / "scripts" / "train.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert "every job has finished" in again.stdout
