@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,12 +59,26 @@ def serve(config: Config, options: ServeOptions) -> int:
     runtime.preload_speech(config)  # first, while the process is small (its int8 conversion peaks at load)
     pipeline = runtime.load_pipeline(config, options.kb, options.index)
     socket_path = options.socket or config.resolve(config.api.socket)
-    asyncio.run(run_daemon(config, pipeline, socket_path, options.voice and config.speech.enabled))
+    stopped = asyncio.run(run_daemon(config, pipeline, socket_path, options.voice and config.speech.enabled))
+    if not stopped:
+        exit_now()
     return 0
 
 
-async def run_daemon(config: Config, pipeline: QAPipeline, socket_path: Path, voice: bool) -> None:
-    """The API until SIGTERM/SIGINT, with the voice loop beside it and systemd told each step."""
+def exit_now() -> None:
+    """Leave without interpreter teardown: a voice thread still inside native model loading when the
+    interpreter tears down was seen to abort the process (SIGABRT instead of exit 0 on SIGTERM). The
+    socket is already closed and removed; nothing else is left to save."""
+    log.warning("voice thread still busy after stop; exiting without waiting for it")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+async def run_daemon(config: Config, pipeline: QAPipeline, socket_path: Path, voice: bool) -> bool:
+    """The API until SIGTERM/SIGINT, with the voice loop beside it and systemd told each step.
+    True when every voice thread has stopped."""
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,6 +86,7 @@ async def run_daemon(config: Config, pipeline: QAPipeline, socket_path: Path, vo
     server = ApiServer(pipeline, socket_path, config.api.max_line_bytes)
     await server.start()  # before the try: a socket another daemon holds is left alone
     services: list[VoiceService] = []
+    stopped: list[bool] = []
     pinger = None
     try:
         if voice:
@@ -86,8 +103,8 @@ async def run_daemon(config: Config, pipeline: QAPipeline, socket_path: Path, vo
         if pinger:
             pinger.cancel()
         await server.close()
-        for service in services:
-            service.stop()
+        stopped = [service.stop() for service in services]
+    return all(stopped)
 
 
 async def _watchdog(period: float) -> None:
@@ -129,9 +146,11 @@ class VoiceService:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """True when the thread has ended (False: still loading models after ``timeout``)."""
         self.stop_event.set()
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def push_to_talk(self) -> bool:
         if self.loop is None:

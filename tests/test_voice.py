@@ -234,3 +234,22 @@ def test_events_reach_subscribers(tmp_path, pipeline):
     kinds = sorted(line["type"] for line in lines)
     assert kinds == ["answer", "event"]
     assert next(line for line in lines if line["type"] == "event")["event"] == "answered"
+
+
+def test_stop_says_whether_the_voice_thread_ended(tmp_path, pipeline):
+    """The daemon leaves without interpreter teardown when the thread is still loading models
+    (teardown under a native model load aborted the process); so stop must tell the two apart."""
+    from appliance.daemon import VoiceService
+
+    release = threading.Event()
+
+    def open_source():  # a microphone that takes its time to open, like a model still loading
+        release.wait(30)
+        raise AudioError("no such device")
+
+    service = VoiceService(voice_config(), pipeline, pipeline.ask, lambda event: None, open_source,
+                           lambda: WavSink(tmp_path / "out"), first_retry_s=0.05)
+    service.start()
+    assert service.stop(timeout=0.2) is False
+    release.set()
+    assert service.stop(timeout=30) is True
