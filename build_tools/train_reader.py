@@ -27,8 +27,8 @@ from appliance.windows import Window, load_tokenizer, make_windows
 from build_tools.compress.common import run_steps
 from build_tools.paths import DEFAULT_TRAIN_FILES, PROJECT_ROOT, minilm_dir
 from build_tools.squad import SquadExample, load_squad
-from build_tools.training import (choose_bf16, default_train_dir, jemalloc_loaded, load_checkpoint, log_json,
-                                  save_checkpoint)
+from build_tools.training import (add_job_arguments, choose_bf16, default_train_dir, jemalloc_loaded,
+                                  load_checkpoint, log_json, save_checkpoint)
 
 SHIPPED_READER = PROJECT_ROOT / "models" / "reader"
 
@@ -169,8 +169,6 @@ def stop_on_signals():
 def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(prog="build_tools train-reader", description=__doc__)
     p.add_argument("--data", nargs="+", default=[str(f) for f in DEFAULT_TRAIN_FILES])
-    p.add_argument("--base", default=None, help="HF model dir (default: the MiniLM-L6 package)")
-    p.add_argument("--out", default=None, help="job folder (default: ~/.cache/appliance/train/reader)")
     p.add_argument("--warm-start", default=str(SHIPPED_READER),
                    help="model dir whose ONNX weights start a job that has no checkpoint ('none' = base model)")
     p.add_argument("--max-length", type=int, default=256)
@@ -179,24 +177,12 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=float, default=0.03)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--max-steps", type=int, default=0, help="0 = all epochs")
-    p.add_argument("--time-budget-min", type=float, default=0, help="stop after this long (0 = none)")
-    p.add_argument("--checkpoint-every-min", type=float, default=10)
-    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="use only the first N examples (smoke tests)")
     p.add_argument("--keep-negative", type=float, default=0.3,
                    help="share of answer-less windows of answerable questions to keep")
     p.add_argument("--retrieved-negatives", type=float, default=0.25,
                    help="share of answerable questions also paired with a retrieved passage lacking the answer")
-    p.add_argument("--train-word-embeddings", action="store_true",
-                   help="also update the 30k-row embedding matrix (slower on CPU, little gain)")
-    p.add_argument("--attention-dropout", type=float, default=0.0,
-                   help="dropout on attention probabilities; >0 forces the slow attention path on CPU "
-                        "(a 32x12x256x256 random mask per layer: 3x slower steps, measured)")
-    p.add_argument("--seed", type=int, default=13)
-    p.add_argument("--export-snapshot", default=None, metavar="DIR",
-                   help="write the job's current checkpoint as a model dir and exit")
+    add_job_arguments(p, "reader")
     return p.parse_args(argv)
 
 

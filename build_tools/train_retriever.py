@@ -39,8 +39,8 @@ from build_tools.compress.common import batch_inputs, run_steps
 from build_tools.paths import SHARED_DATA, SQUAD_DIR, minilm_dir
 from build_tools.squad import load_squad
 from build_tools.train_reader import stop_on_signals
-from build_tools.training import (choose_bf16, default_train_dir, jemalloc_loaded, load_checkpoint, log_json,
-                                  save_checkpoint)
+from build_tools.training import (add_job_arguments, choose_bf16, default_train_dir, jemalloc_loaded,
+                                  load_checkpoint, log_json, save_checkpoint)
 
 DEFAULT_SQUAD = [SQUAD_DIR / "train-v1.1.json.gz"]
 DEFAULT_MEDQUAD = [SHARED_DATA / "medical" / "medquad_pairs_with_answers.json"]
@@ -228,28 +228,15 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--squad", nargs="*", default=[str(f) for f in DEFAULT_SQUAD], help="SQuAD-format files")
     p.add_argument("--medquad", nargs="*", default=[str(f) for f in DEFAULT_MEDQUAD],
                    help="MedQuAD JSON lists of {question, answer}")
-    p.add_argument("--base", default=None, help="HF model dir (default: all-MiniLM-L6-v2 of its package)")
-    p.add_argument("--out", default=None, help="job folder (default: ~/.cache/appliance/train/retriever)")
     p.add_argument("--max-length", type=int, default=256, help="tokens per text (the runtime's retriever.max_length)")
     p.add_argument("--batch-size", type=int, default=32, help="questions per batch (each brings 2 passages)")
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--warmup", type=float, default=0.1)
     p.add_argument("--scale", type=float, default=20.0, help="cosine scale of the ranking loss")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=0, help="0 = all epochs")
-    p.add_argument("--time-budget-min", type=float, default=0, help="stop after this long (0 = none)")
-    p.add_argument("--checkpoint-every-min", type=float, default=10)
-    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="train on the first N pairs of the shuffled data only")
     p.add_argument("--no-hard-negatives", action="store_true", help="in-batch negatives only")
-    p.add_argument("--train-word-embeddings", action="store_true",
-                   help="also update the 30k-row embedding matrix (slower on CPU)")
-    p.add_argument("--attention-dropout", type=float, default=0.0,
-                   help="dropout on attention probabilities; >0 forces the slow attention path on CPU")
-    p.add_argument("--seed", type=int, default=13)
-    p.add_argument("--export-snapshot", default=None, metavar="DIR",
-                   help="write the job's current checkpoint as a model dir and exit")
+    add_job_arguments(p, "retriever")
     return p.parse_args(argv)
 
 
