@@ -2,6 +2,12 @@
 pipeline on the fp32 PyTorch models, measured in one run, interleaved, on the same questions.
 
     python -m benchmarks.ask_latency [--questions 50] [--threads 2] [--checkpoint build/reader-train/final]
+        [--config appliance.toml] [--compare a.toml b.toml ...] [--no-baseline] [--no-cold]
+
+``--no-baseline`` times the shipped pipeline alone (no torch needed); per-stage figures are the
+pipeline's own ``timings_ms`` plus the reader's tokenisation measured apart. ``--compare`` adds one
+int8 pipeline per TOML (named by its file stem), interleaved with the others question by question,
+so load from other processes hits every setting alike (how README's "Reading fewer tokens" is timed).
 
 Needs the ``build`` extra (torch, transformers) for the PyTorch baseline; prints JSON.
 """
@@ -66,6 +72,17 @@ def cold_start(index_dir: Path, question: str) -> dict:
             "peak_rss_mb": round(int(fields[fields.index("RSS") + 1]) / 1024, 1)}
 
 
+def tokenise_ms(pipe, question: str) -> float:
+    """The reader's tokenisation of this question's (question, passage) pairs alone, timed apart."""
+    from appliance.windows import make_windows
+
+    pairs = [(question, pipe.index.passages[h.index].text) for h in pipe.retriever.search(question)]
+    reader = pipe.reader
+    t = time.perf_counter()
+    make_windows(reader.tokenizer, pairs, reader.max_length, reader.stride)
+    return (time.perf_counter() - t) * 1000
+
+
 def percentile(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1)
 
@@ -76,45 +93,69 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--checkpoint", type=Path, default=ROOT / "build" / "reader-train" / "final")
     p.add_argument("--index", type=Path, default=ROOT / "build" / "bench-index")
+    p.add_argument("--config", type=Path, default=None, help="appliance TOML (default: the shipped config)")
+    p.add_argument("--compare", type=Path, nargs="*", default=[], help="more appliance TOMLs, timed interleaved")
+    p.add_argument("--no-baseline", action="store_true", help="skip the PyTorch fp32 pipeline")
+    p.add_argument("--no-cold", action="store_true", help="skip the cold-start CLI runs")
     args = p.parse_args(argv)
 
     from appliance import runtime
-    from appliance.config import Config
-    from build_tools.torch_reader import TorchReader
+    from appliance.config import Config, load_config
 
     questions = [q["question"] for f in QUESTION_FILES for q in json.loads(f.read_text())][: args.questions]
-    config = Config()
+    config = load_config(args.config) if args.config else Config()
     config.retriever.threads = config.reader.threads = args.threads
     onnx = runtime.load_pipeline(config, index=args.index)
-    cold = [cold_start(args.index, questions[0]) for _ in range(3)]
+    cold = [] if args.no_cold else [cold_start(args.index, questions[0]) for _ in range(3)]
 
-    baseline = runtime.load_pipeline(config, index=args.index)
-    baseline.encoder = TorchEncoder(onnx.encoder, args.threads)
-    baseline.retriever.encoder = baseline.encoder
-    baseline.reader._run = TorchReader(args.checkpoint, config.reader)._run  # same windows, PyTorch fp32
+    pipes = {"onnx_int8": onnx}
+    if not args.no_baseline:
+        from build_tools.torch_reader import TorchReader
 
-    for pipe in (onnx, baseline):  # warm-up
+        baseline = runtime.load_pipeline(config, index=args.index)
+        baseline.encoder = TorchEncoder(onnx.encoder, args.threads)
+        baseline.retriever.encoder = baseline.encoder
+        baseline.reader._run = TorchReader(args.checkpoint, config.reader)._run  # same windows, PyTorch fp32
+        pipes["pytorch_fp32"] = baseline
+    for path in args.compare:
+        other = load_config(path)
+        other.retriever.threads = other.reader.threads = args.threads
+        pipes[path.stem] = runtime.load_pipeline(other, index=args.index)
+
+    for pipe in pipes.values():  # warm-up
         pipe.ask(questions[0])
-    times = {"onnx_int8": [], "pytorch_fp32": []}
-    agree = 0
+    times: dict[str, list[float]] = {k: [] for k in pipes}
+    stages: dict[str, dict[str, list[float]]] = {k: {"retrieval": [], "reader": []} for k in pipes}
+    stages["onnx_int8"]["reader_tokenise"] = []
+    texts: dict[str, list[str]] = {k: [] for k in pipes}
     for q in questions:  # interleaved so drift hits both alike
-        t = time.perf_counter()
-        a = onnx.ask(q)
-        times["onnx_int8"].append((time.perf_counter() - t) * 1000)
-        t = time.perf_counter()
-        b = baseline.ask(q)
-        times["pytorch_fp32"].append((time.perf_counter() - t) * 1000)
-        agree += a.text == b.text
+        for name, pipe in pipes.items():
+            t = time.perf_counter()
+            a = pipe.ask(q)
+            times[name].append((time.perf_counter() - t) * 1000)
+            texts[name].append(a.text)
+            stages[name]["retrieval"].append(a.timings_ms["retrieval"])
+            stages[name]["reader"].append(a.timings_ms["reader"])
+            if name == "onnx_int8":
+                stages[name]["reader_tokenise"].append(tokenise_ms(pipe, a.question))
     result = {
-        "questions": len(questions), "threads": args.threads,
+        "questions": len(questions), "threads": args.threads, "config": str(args.config or "shipped defaults"),
         "warm_latency_ms": {k: {"p50": percentile(v, 50), "p95": percentile(v, 95),
                                 "mean": round(statistics.mean(v), 1)} for k, v in times.items()},
-        "speedup_p50": round(percentile(times["pytorch_fp32"], 50) / percentile(times["onnx_int8"], 50), 2),
-        "same_answer_text": f"{agree}/{len(questions)}",
-        "cold_start_int8_cli": {"wall_s_median": statistics.median(c["wall_s"] for c in cold),
-                                "peak_rss_mb_max": max(c["peak_rss_mb"] for c in cold)},
-        "benchmark_process_peak_rss_mb_with_both": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "stage_ms": {name: {k: {"p50": percentile(v, 50), "p95": percentile(v, 95)} for k, v in per.items()}
+                     for name, per in stages.items() if name != "pytorch_fp32"},
     }
+    for name in args.compare:
+        result.setdefault("same_answer_text_as_onnx_int8", {})[name.stem] = \
+            f"{sum(a == b for a, b in zip(texts['onnx_int8'], texts[name.stem]))}/{len(questions)}"
+    if "pytorch_fp32" in pipes:
+        agree = sum(a == b for a, b in zip(texts["onnx_int8"], texts["pytorch_fp32"]))
+        result["speedup_p50"] = round(percentile(times["pytorch_fp32"], 50) / percentile(times["onnx_int8"], 50), 2)
+        result["same_answer_text"] = f"{agree}/{len(questions)}"
+    if cold:
+        result["cold_start_int8_cli"] = {"wall_s_median": statistics.median(c["wall_s"] for c in cold),
+                                         "peak_rss_mb_max": max(c["peak_rss_mb"] for c in cold)}
+    result["benchmark_process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result, indent=2))
 
 
