@@ -52,9 +52,6 @@ class ReaderConfig:
     threshold: float = 0.15  # below this confidence the box says "I don't know" (see README, Results)
     rank_weight: float = 2.0  # passage choice: confidence / rank**rank_weight (0 = confidence alone)
     threads: int = 2
-    batch_size: int = 16  # windows per model run (1 = one run per window); README, Reading fewer tokens
-    focus_tokens: int = 0  # >0: read only this many passage tokens around the sentences best matching the question
-    stop_probability: float = 0.0  # >0: read passages in rank order, stop once an answer is this probable or decided
 
 
 @dataclass
@@ -170,7 +167,6 @@ LIMITS: dict[str, tuple] = {
     "retriever.max_length": (8, 512), "retriever.threads": (1, 256),
     "reader.max_length": (32, 512), "reader.stride": (0, 511), "reader.max_answer_tokens": (1, 512),
     "reader.threshold": (0.0, 1.0), "reader.rank_weight": (0.0, 10.0), "reader.threads": (1, 256),
-    "reader.batch_size": (1, 256), "reader.focus_tokens": (0, 509), "reader.stop_probability": (0.0, 1.0),
     "ask.max_question_chars": (1, 10_000), "ask.max_question_tokens": (1, 480),
     "api.max_line_bytes": (256, 64 << 20),
     "speech.listen": ("wake", "push-to-talk", "always"), "speech.wake_threshold": (1e-100, 1.0),

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 import unicodedata
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from appliance.calibrator import Calibrator, candidate_features
 from appliance.config import AskConfig, ReaderConfig
 from appliance.errors import BadQuestionError
-from appliance.focus import focus_span
 from appliance.index import IndexVersion
 from appliance.ingest import split_sentences
 from appliance.reader import Reader, SpanPrediction
@@ -88,58 +87,18 @@ class QAPipeline:
         hits = self.retriever.search(question, top_k)
         t1 = time.perf_counter()
         passages = [self.index.passages[h.index] for h in hits]
-        if self.decision.stop_probability > 0:
-            predictions = self._read_until_decided(question, passages, hits)
-        else:
-            predictions = self._predict(question, passages)
+        predictions = self.reader.predict([(question, p.text) for p in passages])
         t2 = time.perf_counter()
-        features = self._features(question, passages, predictions, hits, with_features)
+        features: list[dict[str, float] | None] = [None] * len(predictions)
+        if self.calibrator is not None if with_features is None else with_features:
+            evidences = [evidence_sentence(p.text, pred.start, pred.end) if pred else ""
+                         for p, pred in zip(passages, predictions)]
+            features = candidate_features(question, predictions, [h.dense for h in hits], evidences)
         timings = {"retrieval": round((t1 - t0) * 1000, 1), "reader": round((t2 - t1) * 1000, 1)}
-        choices = self._choices(predictions)
+        weight = self.decision.rank_weight
+        choices = [choice_score(p.confidence, rank, weight) if p else -1.0 for rank, p in enumerate(predictions)]
         return Reading(question, hits, passages, predictions, features, self._probabilities(choices, features),
                        timings, choices)
-
-    def _predict(self, question: str, passages: list[Passage], first: int = 0) -> list[SpanPrediction | None]:
-        """The reader's best span per passage; with ``reader.focus_tokens`` only the best-matching
-        sentences of each passage are read (offsets stay those of the whole passage)."""
-        budget = self.decision.focus_tokens
-        spans = [focus_span(question, p.text, self.reader.tokenizer, budget, self.index.bm25.idf) if budget
-                 else (0, len(p.text)) for p in passages]
-        found = self.reader.predict([(question, p.text[a:b]) for p, (a, b) in zip(passages, spans)])
-        return [replace(f, pair=first + i, start=f.start + a, end=f.end + a) if f is not None else None
-                for i, (f, (a, _)) in enumerate(zip(found, spans))]
-
-    def _read_until_decided(self, question: str, passages: list[Passage],
-                            hits: list[Hit]) -> list[SpanPrediction | None]:
-        """The first passage alone; when its answer has probability ``reader.stop_probability`` or
-        (uncalibrated) no later passage could outscore it, the rest are not read. Otherwise every
-        passage is read in one batch, as without the setting: the int8 model's activation scales
-        are per batch, so reading the rest apart would change their scores."""
-        predictions: list[SpanPrediction | None] = [None] * len(passages)
-        if len(passages) < 2:
-            return self._predict(question, passages)
-        predictions[0] = self._predict(question, passages[:1])[0]
-        choices = self._choices(predictions)
-        if self.calibrator is None:
-            best = max(choices)
-            bound = 0.5 ** self.decision.rank_weight  # the best choice score of rank 1
-            decided = best >= self.decision.stop_probability or best >= bound
-        else:
-            features = self._features(question, passages, predictions, hits, True)
-            decided = max(self._probabilities(choices, features)) >= self.decision.stop_probability
-        return predictions if decided else self._predict(question, passages)
-
-    def _features(self, question: str, passages: list[Passage], predictions: list[SpanPrediction | None],
-                  hits: list[Hit], wanted: bool | None) -> list[dict[str, float] | None]:
-        if not (self.calibrator is not None if wanted is None else wanted):
-            return [None] * len(predictions)
-        evidences = [evidence_sentence(p.text, pred.start, pred.end) if pred else ""
-                     for p, pred in zip(passages, predictions)]
-        return candidate_features(question, predictions, [h.dense for h in hits], evidences)
-
-    def _choices(self, predictions: list[SpanPrediction | None]) -> list[float]:
-        weight = self.decision.rank_weight
-        return [choice_score(p.confidence, rank, weight) if p else -1.0 for rank, p in enumerate(predictions)]
 
     def _probabilities(self, choices: list[float], features: list[dict[str, float] | None]) -> list[float]:
         if self.calibrator is None:  # the choice score stands in for a probability

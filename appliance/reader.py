@@ -83,12 +83,9 @@ class Reader:
         self.tokenizer = load_tokenizer(self.files.file("tokenizer"))
         self.session = self.files.session(config.threads, onnx_name)
         self.max_length, self.stride, self.max_answer_tokens = config.max_length, config.stride, config.max_answer_tokens
-        self.batch_size = config.batch_size
 
-    def predict(self, pairs: list[tuple[str, str]], batch_size: int | None = None) -> list[SpanPrediction | None]:
-        """Best span for every pair (None when no window has a context token); ``batch_size``
-        windows per model run, shortest first (default: ``reader.batch_size``)."""
-        batch_size = batch_size or self.batch_size
+    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[SpanPrediction | None]:
+        """Best span for every pair (None when no window has a context token)."""
         windows = [(p, w) for p, ws in enumerate(make_windows(self.tokenizer, pairs, self.max_length, self.stride))
                    for w in ws]
         best: list[SpanPrediction | None] = [None] * len(pairs)
