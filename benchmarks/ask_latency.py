@@ -1,7 +1,7 @@
 """`appliance ask` latency, cold start and peak RSS: shipped int8 ONNX pipeline vs the same
 pipeline on the fp32 PyTorch models, measured in one run, interleaved, on the same questions.
 
-    python -m benchmarks.ask_latency [--questions 50] [--threads 2] [--checkpoint build/reader-train/final]
+    python -m benchmarks.ask_latency [--questions 50] [--threads 2] [--checkpoint DIR]
         [--config appliance.toml] [--compare a.toml b.toml ...] [--no-baseline] [--no-cold]
 
 ``--no-baseline`` times the shipped pipeline alone (no torch needed); per-stage figures are the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,11 +88,30 @@ def percentile(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1)
 
 
+def shipped_reader_in_torch(model_dir: Path) -> Path:
+    """The shipped reader's weights (dequantised from its ONNX) as a PyTorch fp32 model: the
+    baseline needs no training run's checkpoint on this machine, and it times the same network."""
+    import tempfile
+
+    from transformers import AutoModelForQuestionAnswering
+
+    from build_tools.onnx_import import load_onnx_weights
+    from build_tools.paths import minilm_dir
+
+    out = Path(tempfile.mkdtemp(prefix="reader-torch-"))
+    model = AutoModelForQuestionAnswering.from_pretrained(minilm_dir())
+    load_onnx_weights(model, sorted(model_dir.glob("*.onnx"))[0])
+    model.save_pretrained(out)
+    shutil.copy(model_dir / "tokenizer.json", out / "tokenizer.json")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--questions", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--checkpoint", type=Path, default=ROOT / "build" / "reader-train" / "final")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="PyTorch reader for the baseline (default: the shipped reader's weights in PyTorch fp32)")
     p.add_argument("--index", type=Path, default=ROOT / "build" / "bench-index")
     p.add_argument("--config", type=Path, default=None, help="appliance TOML (default: the shipped config)")
     p.add_argument("--compare", type=Path, nargs="*", default=[], help="more appliance TOMLs, timed interleaved")
@@ -115,7 +135,10 @@ def main(argv: list[str] | None = None) -> None:
         baseline = runtime.load_pipeline(config, index=args.index)
         baseline.encoder = TorchEncoder(onnx.encoder, args.threads)
         baseline.retriever.encoder = baseline.encoder
-        baseline.reader._run = TorchReader(args.checkpoint, config.reader)._run  # same windows, PyTorch fp32
+        checkpoint = args.checkpoint or shipped_reader_in_torch(config.resolve(config.paths.reader_model))
+        baseline.reader._run = TorchReader(checkpoint, config.reader)._run  # same windows, PyTorch fp32
+        if args.checkpoint is None:
+            shutil.rmtree(checkpoint)  # loaded; the converted copy is not kept
         pipes["pytorch_fp32"] = baseline
     for path in args.compare:
         other = load_config(path)
