@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
-import numpy as np
 from tqdm import tqdm
 
+from appliance import runtime
 from appliance.bm25 import BM25
 from appliance.config import Config, RetrieverConfig, load_config
 from appliance.encoder import SentenceEncoder
-from appliance.model_dir import ModelDir
+from appliance.index import encode_passages
 from appliance.retriever import Retriever, SearchIndex, reciprocal_rank_fusion
 from build_tools.evaluation_cli import evaluation_parser, run_evaluation
 from build_tools.squad import load_paragraphs, load_squad
@@ -89,22 +89,15 @@ def squad_pool(data: Path, distractors: Sequence[Path] = (), limit: int = 0,
 
 def open_encoder(config: Config, model: Path | None = None, onnx: str | None = None) -> tuple[SentenceEncoder, Path]:
     """The configured retriever model (paths.retriever_model), or ``model`` in its place, and its ONNX file."""
-    files = ModelDir.open(model if model is not None else config.resolve(config.paths.retriever_model))
-    return SentenceEncoder(files, config.retriever, onnx), files.onnx(onnx)
-
-
-def encode_texts(encoder: SentenceEncoder, texts: list[str], label: str) -> np.ndarray:
-    chunk = 64  # as appliance.index encodes passages: int8 activations are quantised per batch
-    parts = [encoder.encode(texts[i : i + chunk])
-             for i in tqdm(range(0, len(texts), chunk), desc=f"{label}: passages", unit="chunk", leave=False)]
-    return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype=np.float32)
+    encoder = runtime.open_encoder(config, model, onnx)
+    return encoder, encoder.files.onnx(onnx)
 
 
 def rank(pool: Pool, encoder: SentenceEncoder, config: RetrieverConfig, shipped: bool = True) -> Ranked:
     """Dense and BM25 rankings (depth max(20, candidates)), and with ``shipped`` the rankings of a
     Retriever built from ``config`` exactly as the appliance builds one, one question at a time."""
     dense = faiss.IndexFlatIP(encoder.dim)
-    dense.add(encode_texts(encoder, pool.texts, pool.name))
+    dense.add(encode_passages(encoder, pool.texts, True, f"{pool.name}: passages"))
     bm25 = BM25.build(pool.bm25_texts or pool.texts)
     retriever = Retriever(encoder, SearchIndex(dense, bm25), config)
     depth = max(max(KS), config.candidates)
