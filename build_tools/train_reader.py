@@ -15,7 +15,6 @@ import argparse
 import json
 import random
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -25,10 +24,10 @@ import torch
 from appliance.bm25 import BM25
 from appliance.windows import Window, load_tokenizer, make_windows
 from build_tools.compress.common import run_steps
-from build_tools.paths import DEFAULT_TRAIN_FILES, PROJECT_ROOT, minilm_dir
+from build_tools.paths import DEFAULT_TRAIN_FILES, PROJECT_ROOT
 from build_tools.squad import SquadExample, load_squad
-from build_tools.training import (add_job_arguments, choose_bf16, default_train_dir, jemalloc_loaded,
-                                  load_checkpoint, log_json, save_checkpoint)
+from build_tools.training import (add_job_arguments, jemalloc_loaded, load_checkpoint, log_json, save_checkpoint,
+                                  start_job)
 
 SHIPPED_READER = PROJECT_ROOT / "models" / "reader"
 
@@ -157,15 +156,6 @@ def export_snapshot(checkpoint: Path, base: Path, out: Path) -> None:
     log_json(snapshot=str(out), step=state["step"])
 
 
-def stop_on_signals():
-    """SIGTERM/SIGINT end the job after the current step with a checkpoint (a session ending, a
-    machine shutting down) instead of losing up to ten minutes of training."""
-    asked = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: asked.append(True))
-    return lambda: bool(asked)
-
-
 def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(prog="build_tools train-reader", description=__doc__)
     p.add_argument("--data", nargs="+", default=[str(f) for f in DEFAULT_TRAIN_FILES])
@@ -190,18 +180,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from transformers import AutoModelForQuestionAnswering, get_linear_schedule_with_warmup
 
-    base = Path(args.base) if args.base else minilm_dir()
-    out = Path(args.out) if args.out else default_train_dir("reader")
-    ckpt = out / "checkpoint.pt"
-    if args.export_snapshot:
-        export_snapshot(ckpt, base, Path(args.export_snapshot))
+    job = start_job(args, "reader", export_snapshot)
+    if job is None:
         return
-    stop = stop_on_signals()
     torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    use_bf16 = choose_bf16(args.bf16, device)
-    out.mkdir(parents=True, exist_ok=True)
+    base, out, ckpt, device, use_bf16, stop = job.base, job.out, job.checkpoint, job.device, job.bf16, job.stop
     t0 = time.time()
 
     examples = [ex for f in args.data for ex in load_squad(f)]

@@ -36,11 +36,10 @@ import torch.nn.functional as F
 from appliance.bm25 import BM25
 from appliance.windows import load_tokenizer
 from build_tools.compress.common import batch_inputs, run_steps
-from build_tools.paths import SHARED_DATA, SQUAD_DIR, minilm_dir
+from build_tools.paths import SHARED_DATA, SQUAD_DIR
 from build_tools.squad import load_squad
-from build_tools.train_reader import stop_on_signals
-from build_tools.training import (add_job_arguments, choose_bf16, default_train_dir, jemalloc_loaded,
-                                  load_checkpoint, log_json, save_checkpoint)
+from build_tools.training import (add_job_arguments, jemalloc_loaded, load_checkpoint, log_json, save_checkpoint,
+                                  start_job)
 
 DEFAULT_SQUAD = [SQUAD_DIR / "train-v1.1.json.gz"]
 DEFAULT_MEDQUAD = [SHARED_DATA / "medical" / "medquad_pairs_with_answers.json"]
@@ -244,17 +243,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from transformers import AutoModel, get_linear_schedule_with_warmup
 
-    base = Path(args.base) if args.base else minilm_dir()
-    out = Path(args.out) if args.out else default_train_dir("retriever")
-    ckpt = out / "checkpoint.pt"
-    if args.export_snapshot:
-        export_snapshot(ckpt, base, Path(args.export_snapshot))
+    job = start_job(args, "retriever", export_snapshot)
+    if job is None:
         return
-    stop = stop_on_signals()
-    torch.set_num_threads(args.threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    use_bf16 = choose_bf16(args.bf16, device)
-    out.mkdir(parents=True, exist_ok=True)
+    base, out, ckpt, device, use_bf16, stop = job.base, job.out, job.checkpoint, job.device, job.bf16, job.stop
     t0 = time.time()
 
     tokenizer = load_tokenizer(base / "tokenizer.json")

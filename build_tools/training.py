@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -90,3 +93,44 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
 def log_json(**fields) -> None:
     print(json.dumps(fields), flush=True)
+
+
+def stop_on_signals() -> Callable[[], bool]:
+    """SIGTERM/SIGINT end the job after the current step with a checkpoint (a session ending, a
+    machine shutting down) instead of losing up to ten minutes of training."""
+    asked = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: asked.append(True))
+    return lambda: bool(asked)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Where a training job lives and how this run of it trains."""
+
+    base: Path  # the HF model it starts from
+    out: Path  # the job folder (checkpoint, log, final/)
+    checkpoint: Path
+    device: str
+    bf16: bool
+    stop: Callable[[], bool]  # True once SIGTERM/SIGINT asked the job to end
+
+
+def start_job(args, job: str, export_snapshot: Callable[[Path, Path, Path], None]) -> Job | None:
+    """The set-up every job shares, from its add_job_arguments options; None when the command only
+    exported the job's snapshot (--export-snapshot)."""
+    import torch
+
+    from build_tools.paths import minilm_dir
+
+    base = Path(args.base) if args.base else minilm_dir()
+    out = Path(args.out) if args.out else default_train_dir(job)
+    checkpoint = out / "checkpoint.pt"
+    if args.export_snapshot:
+        export_snapshot(checkpoint, base, Path(args.export_snapshot))
+        return None
+    stop = stop_on_signals()
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out.mkdir(parents=True, exist_ok=True)
+    return Job(base, out, checkpoint, device, choose_bf16(args.bf16, device), stop)
