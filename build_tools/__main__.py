@@ -8,6 +8,7 @@ COMMANDS = {
     "export-retriever": "build_tools.export_retriever",
     "train-reader": "build_tools.train_reader",
     "train-retriever": "build_tools.train_retriever",
+    "train-student": "build_tools.train_student",
     "export-reader": "build_tools.export_reader",
     "evaluate-reader": "build_tools.evaluate_reader",
     "evaluate-retriever": "build_tools.evaluate_retriever",

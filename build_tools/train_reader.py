@@ -12,10 +12,9 @@ that does not hold the answer, labelled no-answer ([CLS]).
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,8 @@ from appliance.windows import Window, load_tokenizer, make_windows
 from build_tools.compress.common import run_steps
 from build_tools.paths import DEFAULT_TRAIN_FILES, PROJECT_ROOT
 from build_tools.squad import SquadExample, load_squad
-from build_tools.training import (add_job_arguments, jemalloc_loaded, load_checkpoint, log_json, save_checkpoint,
-                                  start_job)
+from build_tools.training import (JobProgress, add_job_arguments, jemalloc_loaded, log_json, resume, save_checkpoint,
+                                  save_model_dir, start_job)
 
 SHIPPED_READER = PROJECT_ROOT / "models" / "reader"
 
@@ -150,28 +149,59 @@ def export_snapshot(checkpoint: Path, base: Path, out: Path) -> None:
     model = AutoModelForQuestionAnswering.from_pretrained(base)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
-    model.save_pretrained(out)
-    shutil.copy(base / "tokenizer.json", out / "tokenizer.json")
-    (out / "training.json").write_text(json.dumps(state.get("record", {}), indent=2))
+    save_model_dir(model, out, base / "tokenizer.json", state.get("record", {}))
     log_json(snapshot=str(out), step=state["step"])
 
 
-def parse_args(argv: list[str] | None):
-    p = argparse.ArgumentParser(prog="build_tools train-reader", description=__doc__)
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """What the reader is trained on, windowed how; train-student takes the same, so its student
+    sees the teacher's own windows."""
     p.add_argument("--data", nargs="+", default=[str(f) for f in DEFAULT_TRAIN_FILES])
-    p.add_argument("--warm-start", default=str(SHIPPED_READER),
-                   help="model dir whose ONNX weights start a job that has no checkpoint ('none' = base model)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--stride", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--warmup", type=float, default=0.03)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="use only the first N examples (smoke tests)")
     p.add_argument("--keep-negative", type=float, default=0.3,
                    help="share of answer-less windows of answerable questions to keep")
     p.add_argument("--retrieved-negatives", type=float, default=0.25,
                    help="share of answerable questions also paired with a retrieved passage lacking the answer")
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Labelled windows and the seeded order the job walks through them in, across its epochs."""
+
+    examples: int
+    retrieved_negatives: int
+    features: list  # (input_ids, token_type_ids, start, end)
+    steps_per_epoch: int
+    batches: list[list[int]]  # every epoch's batches, one after the other
+
+
+def training_data(args, tokenizer) -> TrainingData:
+    """The same windows in the same order for the same arguments, so a resumed job goes on where
+    it stopped."""
+    examples = [ex for f in args.data for ex in load_squad(f)]
+    random.Random(args.seed).shuffle(examples)
+    if args.limit:
+        examples = examples[: args.limit]
+    negatives = retrieved_negatives(examples, args.retrieved_negatives, args.seed)
+    features = build_features(examples + negatives, tokenizer, args.max_length, args.stride,
+                              args.keep_negative, args.seed)
+    lengths = [len(f[0]) for f in features]
+    return TrainingData(len(examples), len(negatives), features,
+                        len(bucketed_batches(lengths, args.batch_size, args.seed)),
+                        epoch_batches(lengths, args.batch_size, args.seed, args.epochs))
+
+
+def parse_args(argv: list[str] | None):
+    p = argparse.ArgumentParser(prog="build_tools train-reader", description=__doc__)
+    p.add_argument("--warm-start", default=str(SHIPPED_READER),
+                   help="model dir whose ONNX weights start a job that has no checkpoint ('none' = base model)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=float, default=0.03)
+    add_data_arguments(p)
     add_job_arguments(p, "reader")
     return p.parse_args(argv)
 
@@ -184,57 +214,38 @@ def main(argv: list[str] | None = None) -> None:
     if job is None:
         return
     torch.manual_seed(args.seed)
-    base, out, ckpt, device, use_bf16, stop = job.base, job.out, job.checkpoint, job.device, job.bf16, job.stop
     t0 = time.time()
-
-    examples = [ex for f in args.data for ex in load_squad(f)]
-    random.Random(args.seed).shuffle(examples)
-    if args.limit:
-        examples = examples[: args.limit]
-    negatives = retrieved_negatives(examples, args.retrieved_negatives, args.seed)
-    tokenizer = load_tokenizer(base / "tokenizer.json")
-    features = build_features(examples + negatives, tokenizer, args.max_length, args.stride,
-                              args.keep_negative, args.seed)
-    lengths = [len(f[0]) for f in features]
-    steps_per_epoch = len(bucketed_batches(lengths, args.batch_size, args.seed))
-    batches = epoch_batches(lengths, args.batch_size, args.seed, args.epochs)
+    data = training_data(args, load_tokenizer(job.base / "tokenizer.json"))
+    features, batches = data.features, data.batches
     total_steps = min(args.max_steps or len(batches), len(batches))
-    log_json(examples=len(examples), retrieved_negatives=len(negatives), features=len(features),
-             steps_per_epoch=steps_per_epoch, total_steps=total_steps, bf16=use_bf16, device=device,
-             jemalloc=jemalloc_loaded(), threads=args.threads, prep_s=round(time.time() - t0, 1), out=str(out))
+    log_json(examples=data.examples, retrieved_negatives=data.retrieved_negatives, features=len(features),
+             steps_per_epoch=data.steps_per_epoch, total_steps=total_steps, bf16=job.bf16, device=job.device,
+             jemalloc=jemalloc_loaded(), threads=args.threads, prep_s=round(time.time() - t0, 1), out=str(job.out))
 
-    model = AutoModelForQuestionAnswering.from_pretrained(base, attn_implementation="sdpa",
+    model = AutoModelForQuestionAnswering.from_pretrained(job.base, attn_implementation="sdpa",
                                                           attention_probs_dropout_prob=args.attention_dropout)
     if not args.train_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup * total_steps), total_steps)
-    record = {"base": str(base), "data": args.data, "features_per_epoch": len(features),
-              "retrieved_negatives": len(negatives), "epochs": args.epochs, "planned_steps": total_steps,
+    record = {"base": str(job.base), "data": args.data, "features_per_epoch": len(features),
+              "retrieved_negatives": data.retrieved_negatives, "epochs": args.epochs, "planned_steps": total_steps,
               "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size, "lr": args.lr,
               "keep_negative": args.keep_negative,
               "attention_dropout": args.attention_dropout, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
-    step = 0
-    if ckpt.exists():
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        step, record = state["step"], {**record, **state.get("record", {})}
-        log_json(resumed_at_step=step, windows_trained=record["windows_trained"])
-    else:
+    step, record = resume(job.checkpoint, model, optimizer, scheduler, record)
+    if not job.checkpoint.exists():
         record["warm_start"] = warm_start(model, Path(args.warm_start)) if args.warm_start != "none" else "base model"
         log_json(warm_start=record["warm_start"])
-    model.to(device).train()
+    model.to(job.device).train()
     loss_fn = torch.nn.CrossEntropyLoss()
-    session = {"started_step": step, "bf16": use_bf16, "device": device, "jemalloc": jemalloc_loaded(),
-               "attention_dropout": args.attention_dropout,
-               "windows": 0, "minutes": 0.0}
-    record["sessions"] = [*record["sessions"], session]
-    started = time.time()
-    windows_before, minutes_before = record["windows_trained"], record["train_minutes"]
+    progress = JobProgress(record, step, data.steps_per_epoch, bf16=job.bf16, device=job.device,
+                           jemalloc=jemalloc_loaded(), attention_dropout=args.attention_dropout)
 
     def train_step(i: int) -> tuple[float, int]:
-        ids, types, mask, starts, ends = collate(features, batches[i], device)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16):
+        ids, types, mask, starts, ends = collate(features, batches[i], job.device)
+        with torch.autocast(job.device, dtype=torch.bfloat16, enabled=job.bf16):
             outputs = model(input_ids=ids, token_type_ids=types, attention_mask=mask)
         loss = (loss_fn(outputs.start_logits.float(), starts) + loss_fn(outputs.end_logits.float(), ends)) / 2
         loss.backward()
@@ -242,25 +253,17 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        session["windows"] += len(batches[i])
+        progress.count(len(batches[i]))
         return loss.item(), len(batches[i])
 
     def checkpoint(i: int) -> None:
-        session.update(ended_step=i, minutes=round((time.time() - started) / 60, 1))
-        session["windows_per_s"] = round(session["windows"] / max(time.time() - started, 1e-9), 2)
-        record.update(steps=i, windows_trained=windows_before + session["windows"],
-                      epochs_done=round(i / steps_per_epoch, 3),
-                      train_minutes=round(minutes_before + session["minutes"], 1))
-        save_checkpoint(ckpt, model, optimizer, scheduler, i, {"record": record})
+        save_checkpoint(job.checkpoint, model, optimizer, scheduler, i, {"record": progress.at(i)})
 
     step = run_steps(train_step, step, total_steps, args.time_budget_min, args.checkpoint_every_min, checkpoint,
-                     lambda line: print(line, flush=True), steps_per_epoch, stop)
+                     lambda line: print(line, flush=True), data.steps_per_epoch, job.stop)
     if step >= total_steps:
-        final = out / "final"
-        model.save_pretrained(final)
-        shutil.copy(base / "tokenizer.json", final / "tokenizer.json")
-        (final / "training.json").write_text(json.dumps(record, indent=2))
-        log_json(saved=str(final), steps=step)
+        save_model_dir(model, job.out / "final", job.base / "tokenizer.json", record)
+        log_json(saved=str(job.out / "final"), steps=step)
 
 
 if __name__ == "__main__":

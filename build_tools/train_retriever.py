@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import random
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -38,8 +37,8 @@ from appliance.windows import load_tokenizer
 from build_tools.compress.common import batch_inputs, run_steps
 from build_tools.paths import SHARED_DATA, SQUAD_DIR
 from build_tools.squad import load_squad
-from build_tools.training import (add_job_arguments, jemalloc_loaded, load_checkpoint, log_json, save_checkpoint,
-                                  start_job)
+from build_tools.training import (JobProgress, add_job_arguments, jemalloc_loaded, log_json, resume, save_checkpoint,
+                                  save_model_dir, start_job)
 
 DEFAULT_SQUAD = [SQUAD_DIR / "train-v1.1.json.gz"]
 DEFAULT_MEDQUAD = [SHARED_DATA / "medical" / "medquad_pairs_with_answers.json"]
@@ -211,14 +210,8 @@ def export_snapshot(checkpoint: Path, base: Path, out: Path) -> None:
     model = AutoModel.from_pretrained(base)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
-    save_final(model, base, out, state.get("record", {}))
+    save_model_dir(model, out, base / "tokenizer.json", state.get("record", {}))
     log_json(snapshot=str(out), step=state["step"])
-
-
-def save_final(model, base: Path, out: Path, record: dict) -> None:
-    model.save_pretrained(out)
-    shutil.copy(base / "tokenizer.json", out / "tokenizer.json")
-    (out / "training.json").write_text(json.dumps(record, indent=2))
 
 
 def parse_args(argv: list[str] | None):
@@ -283,20 +276,13 @@ def main(argv: list[str] | None = None) -> None:
               "planned_steps": total_steps, "max_length": args.max_length, "batch_size": args.batch_size,
               "lr": args.lr, "scale": args.scale, "attention_dropout": args.attention_dropout,
               "pairs_trained": 0, "train_minutes": 0.0, "sessions": []}
-    step = 0
-    if ckpt.exists():
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        step, record = state["step"], {**record, **state.get("record", {})}
-        log_json(resumed_at_step=step, pairs_trained=record["pairs_trained"])
-    else:
+    step, record = resume(ckpt, model, optimizer, scheduler, record, unit="pairs")
+    if not ckpt.exists():
         record["warm_start"] = str(base)
         log_json(warm_start=record["warm_start"])
     model.to(device).train()
-    session = {"started_step": step, "bf16": use_bf16, "device": device, "jemalloc": jemalloc_loaded(),
-               "pairs": 0, "minutes": 0.0}
-    record["sessions"] = [*record["sessions"], session]
-    started = time.time()
-    pairs_before, minutes_before = record["pairs_trained"], record["train_minutes"]
+    progress = JobProgress(record, step, steps_per_epoch, unit="pairs", bf16=use_bf16, device=device,
+                           jemalloc=jemalloc_loaded())
 
     def train_step(i: int) -> tuple[float, int]:
         torch.manual_seed(args.seed + i)  # dropout masks depend on the step alone: a resumed job repeats them
@@ -313,21 +299,16 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        session["pairs"] += len(batch)
+        progress.count(len(batch))
         return loss.item(), len(batch)
 
     def checkpoint(i: int) -> None:
-        session.update(ended_step=i, minutes=round((time.time() - started) / 60, 1))
-        session["pairs_per_s"] = round(session["pairs"] / max(time.time() - started, 1e-9), 2)
-        record.update(steps=i, pairs_trained=pairs_before + session["pairs"],
-                      epochs_done=round(i / max(steps_per_epoch, 1), 3),
-                      train_minutes=round(minutes_before + session["minutes"], 1))
-        save_checkpoint(ckpt, model, optimizer, scheduler, i, {"record": record})
+        save_checkpoint(ckpt, model, optimizer, scheduler, i, {"record": progress.at(i)})
 
     step = run_steps(train_step, step, total_steps, args.time_budget_min, args.checkpoint_every_min, checkpoint,
                      lambda line: print(line, flush=True), steps_per_epoch, stop, unit="pairs")
     if step >= total_steps:
-        save_final(model, base, out / "final", record)
+        save_model_dir(model, out / "final", base / "tokenizer.json", record)
         log_json(saved=str(out / "final"), steps=step)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +91,53 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     optimizer.load_state_dict(state["optim"])
     scheduler.load_state_dict(state["sched"])
     return state
+
+
+def resume(path: Path, model, optimizer, scheduler, record: dict, unit: str = "windows") -> tuple[int, dict]:
+    """(step, record) from the job's checkpoint when it has one (its record over this run's, so
+    the items trained and minutes add up across sessions); (0, record) for a new job."""
+    if not path.exists():
+        return 0, record
+    state = load_checkpoint(path, model, optimizer, scheduler)
+    record = {**record, **state.get("record", {})}
+    log_json(resumed_at_step=state["step"], **{f"{unit}_trained": record[f"{unit}_trained"]})
+    return state["step"], record
+
+
+class JobProgress:
+    """How far the job got, kept in its record across sessions (items trained, minutes, one entry
+    per session with its speed and settings): what the model card reports. ``unit`` names the
+    items (windows, pairs)."""
+
+    def __init__(self, record: dict, start_step: int, steps_per_epoch: int, unit: str = "windows",
+                 **settings) -> None:
+        self.record, self.steps_per_epoch, self.unit = record, max(steps_per_epoch, 1), unit
+        self.session = {"started_step": start_step, **settings, unit: 0, "minutes": 0.0}
+        record["sessions"] = [*record.get("sessions", []), self.session]
+        self.before = record.get(f"{unit}_trained", 0)
+        self.minutes_before = record.get("train_minutes", 0.0)
+        self.started = time.time()
+
+    def count(self, items: int) -> None:
+        self.session[self.unit] += items
+
+    def at(self, step: int) -> dict:
+        """The record as of this step, for a checkpoint."""
+        elapsed = time.time() - self.started
+        self.session.update(ended_step=step, minutes=round(elapsed / 60, 1))
+        self.session[f"{self.unit}_per_s"] = round(self.session[self.unit] / max(elapsed, 1e-9), 2)
+        self.record.update({"steps": step, f"{self.unit}_trained": self.before + self.session[self.unit],
+                            "epochs_done": round(step / self.steps_per_epoch, 3),
+                            "train_minutes": round(self.minutes_before + self.session["minutes"], 1)})
+        return self.record
+
+
+def save_model_dir(model, out: Path, tokenizer_json: Path, record: dict) -> None:
+    """A HF model dir with its tokenizer and training record: a job's final/ (the queue,
+    scripts/train.sh, takes final/ as the sign that the job is done) or a snapshot of it."""
+    model.save_pretrained(out)
+    shutil.copy(tokenizer_json, out / "tokenizer.json")
+    (out / "training.json").write_text(json.dumps(record, indent=2))
 
 
 def log_json(**fields) -> None:

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The training queue: one job at a time, in the order reader → retriever. Each job lives in its
+# The training queue: one job at a time, in the order reader → retriever → student (the reader's
+# distilled student, from the reader job's final model). Each job lives in its
 # folder outside the repository (~/.cache/appliance/train/JOB, or $APPLIANCE_TRAIN_DIR/JOB) with
 # its checkpoints, log (train.log) and PID; a job is finished when its folder holds final/.
 #
 #   scripts/train.sh              resume the first unfinished job in the background; when it
 #                                 finishes, go on to the next (a job that is already running is
 #                                 waited for first). Extra arguments per job: READER_ARGS="…",
-#                                 RETRIEVER_ARGS="…".
-#   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | retriever), ARGS to
+#                                 RETRIEVER_ARGS="…", STUDENT_ARGS="…".
+#   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | retriever | student), ARGS to
 #                                 `python -m build_tools train-JOB`.
 #
 # Jobs run under nice (10: they still get a share beside foreground work; nice 19 starves them),
@@ -18,7 +19,7 @@ set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 ROOT=${APPLIANCE_TRAIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/appliance/train}
-JOBS=(reader retriever)
+JOBS=(reader retriever student)
 mkdir -p "$ROOT"
 
 running() {  # running JOB: its PID file names a live train-JOB process

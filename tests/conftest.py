@@ -35,6 +35,20 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: floa
                           text=True, timeout=timeout)
 
 
+def run_training_job(command: str, *args: str) -> list[dict]:
+    """Run a build_tools training job to its end (or its budget); its JSON progress lines."""
+    result = run_cli("build_tools", command, *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def final_weights(job_dir: Path) -> dict:
+    """The tensors of a finished job's final/ model."""
+    from safetensors.torch import load_file
+
+    return load_file(str(job_dir / "final" / "model.safetensors"))
+
+
 def make_pdf(lines: list[str]) -> bytes:
     """A minimal but valid one-page PDF with real text objects (what a PDF writer emits)."""
     escaped = [line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in lines]

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import DATA, run_cli
+from tests.conftest import DATA, final_weights, run_cli, run_training_job
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -20,18 +20,10 @@ SQUAD = DATA / "tiny-squad-pool.json"  # articles of several paragraphs: BM25 ha
 MEDQUAD = DATA / "tiny-medquad.json"
 
 
-def train(base, out, *extra: str):
-    result = run_cli("build_tools", "train-retriever", "--base", str(base), "--squad", str(SQUAD),
-                     str(DATA / "tiny-squad.json"), "--medquad", str(MEDQUAD), "--out", str(out), "--batch-size", "3", "--epochs", "2",
-                     "--bf16", "off", "--threads", "1", *extra)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-
-
-def final_weights(out) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(out / "final" / "model.safetensors"))
+def train(base, out, *extra: str) -> list[dict]:
+    return run_training_job("train-retriever", "--base", str(base), "--squad", str(SQUAD),
+                            str(DATA / "tiny-squad.json"), "--medquad", str(MEDQUAD), "--out", str(out),
+                            "--batch-size", "3", "--epochs", "2", "--bf16", "off", "--threads", "1", *extra)
 
 
 def test_a_stopped_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(tiny_dirs, tmp_path):
@@ -126,26 +118,32 @@ def test_sigterm_ends_the_job_with_a_checkpoint(tiny_dirs, tmp_path):
 
 def test_the_training_queue_runs_the_first_unfinished_job_then_the_next(tiny_dirs, tmp_path):
     import os
+    import shutil
     import subprocess
     import time
 
     from tests.conftest import ROOT
 
     root = tmp_path / "train"
-    (root / "reader" / "final").mkdir(parents=True)  # the reader's job has finished
+    shutil.copytree(tiny_dirs["reader"], root / "reader" / "final")  # the reader's job has finished
     env = {**os.environ, "APPLIANCE_TRAIN_DIR": str(root), "QUEUE_POLL_S": "1", "TRAIN_SETUP": "0",
            "RETRIEVER_ARGS": f"--base {tiny_dirs['retriever']} --squad {SQUAD} --medquad {MEDQUAD} --batch-size 3 "
-                             f"--bf16 off --threads 1"}
+                             f"--bf16 off --threads 1",
+           "STUDENT_ARGS": f"--base {tiny_dirs['reader']} --data {DATA / 'tiny-squad.json'} --layers 1 "
+                           f"--batch-size 2 --bf16 off --threads 1"}
     started = subprocess.run([str(ROOT / "scripts" / "train.sh")], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=120)
     assert started.returncode == 0, started.stderr
     assert "next job: retriever" in started.stdout
-    deadline = time.time() + 240
+    deadline = time.time() + 300
     while "every job has finished" not in (root / "queue.log").read_text() and time.time() < deadline:
         time.sleep(1)
     log = (root / "queue.log").read_text()
     assert "started retriever" in log and "retriever finished" in log and "every job has finished" in log
+    assert log.index("retriever finished") < log.index("started student") < log.index("student finished")
     assert (root / "retriever" / "final" / "model.safetensors").exists()
+    student = json.loads((root / "student" / "final" / "training.json").read_text())
+    assert student["teacher"] == str((root / "reader" / "final").resolve())  # distilled from the reader job's model
     again = subprocess.run([str(ROOT / "scripts" / "train.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=60)
     assert "every job has finished" in again.stdout

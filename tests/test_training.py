@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from build_tools.training import choose_bf16, cpu_has_fast_bf16
-from tests.conftest import DATA, run_cli
+from tests.conftest import DATA, final_weights, run_training_job
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -19,18 +19,10 @@ from tests.test_compression import tiny_dirs  # noqa: E402,F401  (fixture)
 TINY_SQUAD = DATA / "tiny-squad.json"
 
 
-def train(base, out, *extra: str):
-    result = run_cli("build_tools", "train-reader", "--base", str(base), "--data", str(TINY_SQUAD),
-                     "--out", str(out), "--batch-size", "2", "--epochs", "2", "--bf16", "off", "--threads", "1",
-                     "--retrieved-negatives", "0.5", *extra)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-
-
-def final_weights(out) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(out / "final" / "model.safetensors"))
+def train(base, out, *extra: str) -> list[dict]:
+    return run_training_job("train-reader", "--base", str(base), "--data", str(TINY_SQUAD),
+                            "--out", str(out), "--batch-size", "2", "--epochs", "2", "--bf16", "off", "--threads", "1",
+                            "--retrieved-negatives", "0.5", *extra)
 
 
 def test_a_stopped_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(tiny_dirs, tmp_path):
