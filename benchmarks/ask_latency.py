@@ -5,7 +5,9 @@ pipeline on the fp32 PyTorch models, measured in one run, interleaved, on the sa
         [--config appliance.toml] [--compare a.toml b.toml ...] [--no-baseline] [--no-cold]
 
 ``--no-baseline`` times the shipped pipeline alone (no torch needed); per-stage figures are the
-pipeline's own ``timings_ms`` plus the reader's tokenisation measured apart. ``--compare`` adds one
+pipeline's own ``timings_ms`` plus the reader's tokenisation measured apart; CPU time per answer
+(every thread of the process, ``time.process_time``) is the energy proxy on a box without a power
+meter. ``--compare`` adds one
 int8 pipeline per TOML (named by its file stem), interleaved with the others question by question,
 so load from other processes hits every setting alike (how README's "Reading fewer tokens" is timed).
 
@@ -148,14 +150,16 @@ def main(argv: list[str] | None = None) -> None:
     for pipe in pipes.values():  # warm-up
         pipe.ask(questions[0])
     times: dict[str, list[float]] = {k: [] for k in pipes}
+    cpu: dict[str, list[float]] = {k: [] for k in pipes}  # CPU-seconds per answer, all threads: the energy proxy
     stages: dict[str, dict[str, list[float]]] = {k: {"retrieval": [], "reader": []} for k in pipes}
     stages["onnx_int8"]["reader_tokenise"] = []
     texts: dict[str, list[str]] = {k: [] for k in pipes}
     for q in questions:  # interleaved so drift hits both alike
         for name, pipe in pipes.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             a = pipe.ask(q)
             times[name].append((time.perf_counter() - t) * 1000)
+            cpu[name].append((time.process_time() - c) * 1000)
             texts[name].append(a.text)
             stages[name]["retrieval"].append(a.timings_ms["retrieval"])
             stages[name]["reader"].append(a.timings_ms["reader"])
@@ -165,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         "questions": len(questions), "threads": args.threads, "config": str(args.config or "shipped defaults"),
         "warm_latency_ms": {k: {"p50": percentile(v, 50), "p95": percentile(v, 95),
                                 "mean": round(statistics.mean(v), 1)} for k, v in times.items()},
+        "cpu_ms_per_answer": {k: {"p50": percentile(v, 50), "mean": round(statistics.mean(v), 1)}
+                              for k, v in cpu.items()},
         "stage_ms": {name: {k: {"p50": percentile(v, 50), "p95": percentile(v, 95)} for k, v in per.items()}
                      for name, per in stages.items() if name != "pytorch_fp32"},
     }
