@@ -7,15 +7,16 @@ from pathlib import Path
 
 from build_tools.onnx_export import export_model, sample_windows, window_feed
 from build_tools.paths import SQUAD_DIR
+from build_tools.training import default_train_dir
 
-REBUILD = ("python -m build_tools train-reader && python -m build_tools export-reader "
-           "--checkpoint build/reader-train/final")
+REBUILD = "scripts/train.sh reader (until its final/), then python -m build_tools export-reader"
 PARITY_DATA = SQUAD_DIR / "dev-v1.1-42-articles.json"
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="build_tools export-reader", description=__doc__)
-    p.add_argument("--checkpoint", default="build/reader-train/final", help="HF model dir from train-reader")
+    p.add_argument("--checkpoint", default=str(default_train_dir("reader") / "final"),
+                   help="HF model dir (default: the reader job's final model)")
     p.add_argument("--out", default="models/reader")
     p.add_argument("--fp32-out", default="build/reader-fp32")
     p.add_argument("--parity-samples", type=int, default=200, help="dev windows compared with PyTorch (0 = none)")

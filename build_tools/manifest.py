@@ -8,6 +8,27 @@ import time
 from pathlib import Path
 
 from appliance.model_dir import MANIFEST, sha256_file
+from build_tools.paths import PROJECT_ROOT, SHARED_DATA
+
+
+def portable(value):
+    """Paths as any machine can read them: inside the project relative to it, the shared data as
+    ../shared/..., an installed package by its name, the user's home as ~; the rest unchanged."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if not isinstance(value, str) or not value.startswith("/"):
+        return value
+    path = Path(value)
+    if "site-packages" in path.parts:
+        return str(Path(*path.parts[path.parts.index("site-packages") + 1:]))
+    for root, shown in ((SHARED_DATA.parent.resolve(), "../shared"), (PROJECT_ROOT.resolve(), ".")):
+        if path.is_relative_to(root):
+            return str(Path(shown) / path.relative_to(root))
+    if path.is_relative_to(Path.home()):
+        return str(Path("~") / path.relative_to(Path.home()))
+    return value
 
 
 def invocation() -> str:
@@ -27,7 +48,7 @@ def write_manifest(model_dir: Path, *, roles: dict[str, str], rebuild: str, extr
         "rebuild": rebuild,
         "roles": roles,
         "files": files,
-        **extra,
+        **portable(extra),
     }
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
@@ -37,7 +58,7 @@ def update_manifest(model_dir: Path, **fields) -> dict:
     """Merge measured results (e.g. metrics) into an existing manifest."""
     path = model_dir / MANIFEST
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    for key, value in fields.items():
+    for key, value in portable(fields).items():
         if isinstance(value, dict) and isinstance(manifest.get(key), dict):
             manifest[key].update(value)
         else:
