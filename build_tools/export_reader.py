@@ -9,7 +9,8 @@ from build_tools.onnx_export import export_model, sample_windows, window_feed
 from build_tools.paths import SQUAD_DIR
 from build_tools.training import default_train_dir
 
-REBUILD = "scripts/train.sh reader (until its final/), then python -m build_tools export-reader"
+REBUILD = ("python -m build_tools train-reader (scripts/train.sh runs it across sessions until its final/), "
+           "then python -m build_tools export-reader")
 PARITY_DATA = SQUAD_DIR / "dev-v1.1-42-articles.json"
 
 
