@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--teacher", default=None,
                    help="the reader to distil (default: the reader job's final/, "
                         f"{default_teacher()})")
-    p.add_argument("--layers", default="0,2,4,5", help="teacher layers the student starts from, in order")
+    p.add_argument("--layers", default="0,2,5",
+                   help="teacher layers the student starts from, in order (shape chosen by benchmarks/student_shapes)")
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--alpha", type=float, default=0.7, help="weight of the soft (KL) loss; 1-alpha for the gold spans")
     p.add_argument("--lr", type=float, default=1e-4)
