@@ -25,8 +25,8 @@ from appliance.windows import Window, load_tokenizer, make_windows
 from build_tools.compress.common import run_steps
 from build_tools.paths import DEFAULT_TRAIN_FILES, PROJECT_ROOT
 from build_tools.squad import SquadExample, load_squad
-from build_tools.training import (JobProgress, add_job_arguments, jemalloc_loaded, log_json, resume, save_checkpoint,
-                                  save_model_dir, start_job)
+from build_tools.training import (JobProgress, add_job_arguments, jemalloc_loaded, log_json, make_optimiser, resume,
+                                  save_checkpoint, save_model_dir, start_job)
 
 SHIPPED_READER = PROJECT_ROOT / "models" / "reader"
 
@@ -208,7 +208,7 @@ def parse_args(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from transformers import AutoModelForQuestionAnswering, get_linear_schedule_with_warmup
+    from transformers import AutoModelForQuestionAnswering
 
     job = start_job(args, "reader", export_snapshot)
     if job is None:
@@ -224,17 +224,13 @@ def main(argv: list[str] | None = None) -> None:
 
     model = AutoModelForQuestionAnswering.from_pretrained(job.base, attn_implementation="sdpa",
                                                           attention_probs_dropout_prob=args.attention_dropout)
-    if not args.train_word_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup * total_steps), total_steps)
+    opt = make_optimiser(model, args.lr, args.warmup, total_steps, args.train_word_embeddings)
     record = {"base": str(job.base), "data": args.data, "features_per_epoch": len(features),
               "retrieved_negatives": data.retrieved_negatives, "epochs": args.epochs, "planned_steps": total_steps,
               "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size, "lr": args.lr,
               "keep_negative": args.keep_negative,
               "attention_dropout": args.attention_dropout, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
-    step, record = resume(job.checkpoint, model, optimizer, scheduler, record)
+    step, record = resume(job.checkpoint, model, opt.optimizer, opt.scheduler, record)
     if not job.checkpoint.exists():
         record["warm_start"] = warm_start(model, Path(args.warm_start)) if args.warm_start != "none" else "base model"
         log_json(warm_start=record["warm_start"])
@@ -249,15 +245,12 @@ def main(argv: list[str] | None = None) -> None:
             outputs = model(input_ids=ids, token_type_ids=types, attention_mask=mask)
         loss = (loss_fn(outputs.start_logits.float(), starts) + loss_fn(outputs.end_logits.float(), ends)) / 2
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        opt.step()
         progress.count(len(batches[i]))
         return loss.item(), len(batches[i])
 
     def checkpoint(i: int) -> None:
-        save_checkpoint(job.checkpoint, model, optimizer, scheduler, i, {"record": progress.at(i)})
+        save_checkpoint(job.checkpoint, model, opt.optimizer, opt.scheduler, i, {"record": progress.at(i)})
 
     step = run_steps(train_step, step, total_steps, args.time_budget_min, args.checkpoint_every_min, checkpoint,
                      lambda line: print(line, flush=True), data.steps_per_epoch, job.stop)

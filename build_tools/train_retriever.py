@@ -37,8 +37,8 @@ from appliance.windows import load_tokenizer
 from build_tools.compress.common import batch_inputs, run_steps
 from build_tools.paths import SHARED_DATA, SQUAD_DIR
 from build_tools.squad import load_squad
-from build_tools.training import (JobProgress, add_job_arguments, jemalloc_loaded, log_json, resume, save_checkpoint,
-                                  save_model_dir, start_job)
+from build_tools.training import (JobProgress, add_job_arguments, jemalloc_loaded, log_json, make_optimiser, resume,
+                                  save_checkpoint, save_model_dir, start_job)
 
 DEFAULT_SQUAD = [SQUAD_DIR / "train-v1.1.json.gz"]
 DEFAULT_MEDQUAD = [SHARED_DATA / "medical" / "medquad_pairs_with_answers.json"]
@@ -234,7 +234,7 @@ def parse_args(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from transformers import AutoModel, get_linear_schedule_with_warmup
+    from transformers import AutoModel
 
     job = start_job(args, "retriever", export_snapshot)
     if job is None:
@@ -266,17 +266,13 @@ def main(argv: list[str] | None = None) -> None:
 
     model = AutoModel.from_pretrained(base, attn_implementation="sdpa",
                                       attention_probs_dropout_prob=args.attention_dropout)
-    if not args.train_word_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup * total_steps), total_steps)
+    opt = make_optimiser(model, args.lr, args.warmup, total_steps, args.train_word_embeddings)
     record = {"base": str(base), "squad": args.squad, "medquad": args.medquad, "pairs_per_epoch": len(pairs.questions),
               "sources": pairs.sources, "hard_negatives": not args.no_hard_negatives, "epochs": args.epochs,
               "planned_steps": total_steps, "max_length": args.max_length, "batch_size": args.batch_size,
               "lr": args.lr, "scale": args.scale, "attention_dropout": args.attention_dropout,
               "pairs_trained": 0, "train_minutes": 0.0, "sessions": []}
-    step, record = resume(ckpt, model, optimizer, scheduler, record, unit="pairs")
+    step, record = resume(ckpt, model, opt.optimizer, opt.scheduler, record, unit="pairs")
     if not ckpt.exists():
         record["warm_start"] = str(base)
         log_json(warm_start=record["warm_start"])
@@ -295,15 +291,12 @@ def main(argv: list[str] | None = None) -> None:
             p = embed(model, tokenizer, passages, args.max_length, device)
         loss = ranking_loss(q, p, args.scale)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        opt.step()
         progress.count(len(batch))
         return loss.item(), len(batch)
 
     def checkpoint(i: int) -> None:
-        save_checkpoint(ckpt, model, optimizer, scheduler, i, {"record": progress.at(i)})
+        save_checkpoint(ckpt, model, opt.optimizer, opt.scheduler, i, {"record": progress.at(i)})
 
     step = run_steps(train_step, step, total_steps, args.time_budget_min, args.checkpoint_every_min, checkpoint,
                      lambda line: print(line, flush=True), steps_per_epoch, stop, unit="pairs")

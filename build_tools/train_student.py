@@ -21,7 +21,7 @@ from build_tools.compress.common import count_parameters, run_steps
 from build_tools.compress.distill import distill_loss, make_student
 from build_tools.train_reader import add_data_arguments, collate, training_data, warm_start
 from build_tools.training import (JobProgress, add_job_arguments, default_train_dir, jemalloc_loaded, log_json,
-                                  resume, save_checkpoint, save_model_dir, start_job)
+                                  make_optimiser, resume, save_checkpoint, save_model_dir, start_job)
 
 
 def default_teacher() -> Path:
@@ -78,8 +78,6 @@ def parse_args(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from transformers import get_linear_schedule_with_warmup
-
     job = start_job(args, "student", export_snapshot)
     if job is None:
         return
@@ -99,18 +97,14 @@ def main(argv: list[str] | None = None) -> None:
              bf16=job.bf16, device=job.device, jemalloc=jemalloc_loaded(), threads=args.threads,
              prep_s=round(time.time() - t0, 1), out=str(job.out))
 
-    if not args.train_word_embeddings:
-        student.get_input_embeddings().weight.requires_grad_(False)
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup * total_steps), total_steps)
+    opt = make_optimiser(student, args.lr, args.warmup, total_steps, args.train_word_embeddings)
     record = {"teacher": str(teacher_dir.resolve()), "layers": args.layers, "tokenizer": str(tokenizer_json.resolve()),
               "data": args.data, "features_per_epoch": len(features),
               "retrieved_negatives": data.retrieved_negatives, "epochs": args.epochs, "planned_steps": total_steps,
               "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size, "lr": args.lr,
               "temperature": args.temperature, "alpha": args.alpha, "keep_negative": args.keep_negative,
               "attention_dropout": args.attention_dropout, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
-    step, record = resume(job.checkpoint, student, optimizer, scheduler, record)
+    step, record = resume(job.checkpoint, student, opt.optimizer, opt.scheduler, record)
     teacher.to(job.device).eval()
     student.to(job.device).train()
     progress = JobProgress(record, step, data.steps_per_epoch, bf16=job.bf16, device=job.device,
@@ -125,15 +119,12 @@ def main(argv: list[str] | None = None) -> None:
             learnt = student(input_ids=ids, token_type_ids=types, attention_mask=mask)
         loss = distill_loss(learnt, taught, starts, ends, mask, args.temperature, args.alpha)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        opt.step()
         progress.count(len(batches[i]))
         return loss.item(), len(batches[i])
 
     def checkpoint(i: int) -> None:
-        save_checkpoint(job.checkpoint, student, optimizer, scheduler, i, {"record": progress.at(i)})
+        save_checkpoint(job.checkpoint, student, opt.optimizer, opt.scheduler, i, {"record": progress.at(i)})
 
     step = run_steps(train_step, step, total_steps, args.time_budget_min, args.checkpoint_every_min, checkpoint,
                      lambda line: print(line, flush=True), data.steps_per_epoch, job.stop)

@@ -93,6 +93,38 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     return state
 
 
+@dataclass
+class Optimiser:
+    """AdamW over the trainable parameters with linear warm-up and decay, as every job trains."""
+
+    trainable: list
+    optimizer: object
+    scheduler: object
+
+    def step(self) -> None:
+        """Clip, step, advance the schedule, clear the gradients."""
+        import torch
+
+        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def make_optimiser(model, lr: float, warmup: float, total_steps: int, train_word_embeddings: bool) -> Optimiser:
+    """Frozen word embeddings by default: the 30k-row matrix is most of an update's cost on CPU and
+    adds little."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    if not train_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
+    return Optimiser(trainable, optimizer, get_linear_schedule_with_warmup(optimizer, int(warmup * total_steps),
+                                                                           total_steps))
+
+
 def resume(path: Path, model, optimizer, scheduler, record: dict, unit: str = "windows") -> tuple[int, dict]:
     """(step, record) from the job's checkpoint when it has one (its record over this run's, so
     the items trained and minutes add up across sessions); (0, record) for a new job."""
