@@ -95,3 +95,24 @@ def test_without_a_trained_teacher_the_job_says_what_to_do(tiny_dirs, tmp_path):
     assert result.returncode != 0
     assert "train-reader" in result.stderr and "--teacher" in result.stderr
     assert not (tmp_path / "job" / "checkpoint.pt").exists()
+
+
+def test_the_finished_student_exports_and_reads_in_the_runtime(tiny_dirs, tmp_path):
+    from appliance.config import ReaderConfig
+    from appliance.reader import Reader
+    from build_tools.compress.common import load_model
+    from tests.test_compression import encode, logits
+
+    job = tmp_path / "job"
+    distil(tiny_dirs["reader"], job, "--max-steps", "2")
+    int8, fp32 = tmp_path / "student-int8", tmp_path / "student-fp32"
+    result = run_cli("build_tools", "export-reader", "--checkpoint", str(job / "final"), "--out", str(int8),
+                     "--fp32-out", str(fp32), "--parity-samples", "4", "--parity-data", str(TINY_SQUAD))
+    assert result.returncode == 0, result.stderr[-2000:]
+    question, context = "How long does the Quick program take?", "The Quick program takes 30 minutes."
+    reader = Reader(fp32, ReaderConfig(threads=1))
+    _, feeds = encode(job / "final" / "tokenizer.json", question, context)
+    start, end = reader.session.run(["start_logits", "end_logits"], {k: v.numpy() for k, v in feeds.items()})
+    np.testing.assert_allclose(np.concatenate([start, end]), logits(load_model(job / "final"), feeds), atol=1e-4)
+    [prediction] = Reader(int8, ReaderConfig(threads=1)).predict([(question, context)])
+    assert prediction is not None and prediction.text in context
