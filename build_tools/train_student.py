@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
               "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size, "lr": args.lr,
               "temperature": args.temperature, "alpha": args.alpha, "keep_negative": args.keep_negative,
               "attention_dropout": args.attention_dropout, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
-    step, record = resume(job.checkpoint, student, opt.optimizer, opt.scheduler, record)
+    step, record = resume(job.checkpoint, student, opt.optimizer, opt.scheduler, record,
+                          must_match=("teacher", "layers"))
     teacher.to(job.device).eval()
     student.to(job.device).train()
     progress = JobProgress(record, step, data.steps_per_epoch, bf16=job.bf16, device=job.device,

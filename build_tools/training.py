@@ -82,11 +82,18 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, extra: d
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore a checkpoint written by save_checkpoint; returns the whole state (step, extras)."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, must_match: dict | None = None) -> dict:
+    """Restore a checkpoint written by save_checkpoint; returns the whole state (step, extras).
+    ``must_match``: record fields the checkpoint must have been written with (what the model is:
+    its teacher, its shape); another value stops the job before anything is loaded or written."""
     import torch
 
     state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = state.get("record", {})
+    changed = {k: saved[k] for k, v in (must_match or {}).items() if k in saved and saved[k] != v}
+    if changed:
+        raise SystemExit(f"{path} was trained with {changed}, not {({k: must_match[k] for k in changed})}: pass "
+                         "the same, or move the job folder aside to start anew")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optim"])
     scheduler.load_state_dict(state["sched"])
@@ -125,12 +132,14 @@ def make_optimiser(model, lr: float, warmup: float, total_steps: int, train_word
                                                                            total_steps))
 
 
-def resume(path: Path, model, optimizer, scheduler, record: dict, unit: str = "windows") -> tuple[int, dict]:
+def resume(path: Path, model, optimizer, scheduler, record: dict, unit: str = "windows",
+           must_match: tuple[str, ...] = ()) -> tuple[int, dict]:
     """(step, record) from the job's checkpoint when it has one (its record over this run's, so
-    the items trained and minutes add up across sessions); (0, record) for a new job."""
+    the items trained and minutes add up across sessions); (0, record) for a new job. The record
+    fields named in ``must_match`` must be the checkpoint's (see load_checkpoint)."""
     if not path.exists():
         return 0, record
-    state = load_checkpoint(path, model, optimizer, scheduler)
+    state = load_checkpoint(path, model, optimizer, scheduler, {k: record[k] for k in must_match})
     record = {**record, **state.get("record", {})}
     log_json(resumed_at_step=state["step"], **{f"{unit}_trained": record[f"{unit}_trained"]})
     return state["step"], record

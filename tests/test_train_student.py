@@ -89,6 +89,22 @@ def test_the_student_can_learn_from_an_onnx_reader(tiny_dirs, tmp_path):
     assert lines[-1]["saved"]
 
 
+def test_a_job_is_not_resumed_with_another_teacher_or_shape(tiny_dirs, tmp_path):
+    job = tmp_path / "job"
+    distil(tiny_dirs["reader"], job, "--max-steps", "1", "--epochs", "1")
+    before = (job / "checkpoint.pt").read_bytes()
+    other = tmp_path / "other-teacher"
+    import shutil
+
+    shutil.copytree(tiny_dirs["reader"], other)
+    for extra in (["--teacher", str(other)], ["--layers", "0"], ["--layers", "0,1"]):
+        args = ["--teacher", str(tiny_dirs["reader"]), "--layers", "1", *extra]
+        result = run_cli("build_tools", "train-student", *args, "--data", str(TINY_SQUAD), "--out", str(job),
+                         "--batch-size", "2", "--bf16", "off", "--threads", "1", "--max-steps", "2")
+        assert result.returncode != 0 and "move the job folder aside" in result.stderr, result.stderr[-500:]
+    assert (job / "checkpoint.pt").read_bytes() == before  # nothing lost
+
+
 def test_without_a_trained_teacher_the_job_says_what_to_do(tiny_dirs, tmp_path):
     result = run_cli("build_tools", "train-student", "--teacher", str(tmp_path / "missing"), "--base",
                      str(tiny_dirs["reader"]), "--data", str(TINY_SQUAD), "--out", str(tmp_path / "job"))
