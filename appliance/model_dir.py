@@ -84,8 +84,8 @@ def ort_session(path: Path, threads: int, packed_weights: Path | None = None):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle pool threads otherwise spin ~50 ms of CPU after every run, stealing the 2 cores from
-    # the next model (the encoder's pool from the reader's, the VAD's from Whisper): measured
-    # ask p50 147 -> 124 ms and 286 -> 229 CPU-ms per answer without the spin.
+    # the next model (the encoder's pool from the reader's): benchmarks/ort_spinning measured
+    # ask p50 136 -> 113 ms and 263 -> 212 CPU-ms per answer without the spin.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         keep_alive = add_packed_weights(options, packed_weights) if packed_weights else []  # noqa: F841 - until loaded

@@ -68,13 +68,11 @@ def cut_student(teacher, layers: list[int], ffn_keep: float):
     return student
 
 
-def int8_model(teacher, name: str, spec: str, out: Path) -> Path:
+def int8_model(student, name: str, out: Path) -> Path:
     from build_tools.onnx_export import export_onnx, quantize_int8
 
-    layers, _, ffn = spec.partition(":")
     path = out / f"{name}.int8.onnx"
     if not path.exists():
-        student = cut_student(teacher, [int(i) for i in layers.split(",")], float(ffn or 1))
         export_onnx(student, out / f"{name}.onnx", ["start_logits", "end_logits"])
         quantize_int8(out / f"{name}.onnx", path)
     return path
@@ -111,9 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     params = {"shipped int8 (6 layers)": count_parameters(teacher)}
     for shape in args.shapes:
         name, _, spec = shape.partition("=")
-        sessions[name] = ort_session(int8_model(teacher, name, spec, args.out), threads)
         layers, _, ffn = spec.partition(":")
-        params[name] = count_parameters(cut_student(teacher, [int(i) for i in layers.split(",")], float(ffn or 1)))
+        student = cut_student(teacher, [int(i) for i in layers.split(",")], float(ffn or 1))
+        sessions[name] = ort_session(int8_model(student, name, args.out), threads)
+        params[name] = count_parameters(student)
     window = {"input_ids": np.full((1, 256), 2000, np.int64), "attention_mask": np.ones((1, 256), np.int64),
               "token_type_ids": np.zeros((1, 256), np.int64)}
 
