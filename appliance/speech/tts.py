@@ -16,10 +16,13 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 from appliance.errors import ModelError
 from appliance.speech.audio import Audio, AudioError, from_int16_bytes
@@ -129,8 +132,10 @@ class PiperSynthesizer:
 
 
 class Pyttsx3Synthesizer:
-    """pyttsx3, each sentence rendered to a WAV file (``save_to_file`` + ``runAndWait``) and read back
-    whole, so the sound card never sees a half-written sentence (see ``_keep_final_samples``)."""
+    """pyttsx3, one sentence at a time, read back whole so the sound card never sees a half-made
+    sentence. Through its espeak driver the samples are taken straight from espeak's callback until
+    espeak says it is done (``_EspeakCapture``); other drivers (SAPI5, NSSpeechSynthesizer) write a
+    WAV file that is read back."""
 
     name = "pyttsx3"
 
@@ -149,7 +154,7 @@ class Pyttsx3Synthesizer:
         if us:  # espeak's default English is British; the other voices here are en-us
             self._engine.setProperty("voice", us[0])
         self._lock = threading.Lock()  # one engine, one render at a time
-        _keep_final_samples(self._engine)
+        self._capture = _EspeakCapture.attach(self._engine)
 
     def synthesize(self, text: str) -> Iterator[Audio]:
         for sentence in sentences(text):
@@ -161,42 +166,76 @@ class Pyttsx3Synthesizer:
         try:
             # the espeak driver prints "Audio saved to …": keep it off the daemon's stdout
             with self._lock, contextlib.redirect_stdout(io.StringIO()):
+                if self._capture is not None:
+                    self._capture.begin()
                 self._engine.save_to_file(sentence, name)
                 self._engine.runAndWait()
-            data = Path(name).read_bytes()
+                captured = self._capture.end() if self._capture is not None else None
+            audio = captured if captured is not None else _read_driver_wav(Path(name).read_bytes())
         finally:
             Path(name).unlink(missing_ok=True)
-        if len(data) <= 44:
+        if audio.samples.size == 0:
             raise AudioError(f"pyttsx3 produced no audio for {sentence[:40]!r}")
-        with wave.open(io.BytesIO(data), "rb") as wav:
-            if wav.getsampwidth() != 2:
-                raise AudioError(f"expected 16-bit audio from pyttsx3, got {8 * wav.getsampwidth()}-bit")
-            pcm, rate, channels = wav.readframes(wav.getnframes()), wav.getframerate(), wav.getnchannels()
-        samples = from_int16_bytes(pcm)
-        if channels > 1:
-            samples = samples.reshape(-1, channels).mean(axis=1).astype("float32")
-        return Audio(samples, rate)
+        return audio
 
 
-def _keep_final_samples(engine) -> None:
-    """pyttsx3's espeak driver writes the WAV when espeak's callback reports the end of the message,
-    before it appends the samples delivered in that same callback: a sentence came back cut, or
-    silent when it all arrived in one callback. Buffer the samples first, then let it see the events."""
-    driver = getattr(getattr(engine, "proxy", None), "_driver", None)
-    if driver is None or not type(driver).__module__.endswith(".espeak"):
-        return  # SAPI5 and NSSpeechSynthesizer write their files themselves
-    import ctypes
+def _read_driver_wav(data: bytes) -> Audio:
+    if len(data) <= 44:
+        return Audio(np.zeros(0, dtype=np.float32), 22050)
+    with wave.open(io.BytesIO(data), "rb") as wav:
+        if wav.getsampwidth() != 2:
+            raise AudioError(f"expected 16-bit audio from pyttsx3, got {8 * wav.getsampwidth()}-bit")
+        pcm, rate, channels = wav.readframes(wav.getnframes()), wav.getframerate(), wav.getnchannels()
+    samples = from_int16_bytes(pcm)
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1).astype("float32")
+    return Audio(samples, rate)
 
-    from pyttsx3.drivers import _espeak
 
-    handle = driver._onSynth
+class _EspeakCapture:
+    """pyttsx3's espeak driver writes its WAV when espeak reports the end of the message, before it
+    appends the samples of that same callback, and stops listening from then on: sentences came back
+    cut, or silent when they arrived in one callback. This keeps every sample espeak delivers between
+    ``begin`` and the moment espeak is no longer busy, and still passes the events to the driver."""
 
-    def on_synth(wav, numsamples, events):
-        if numsamples > 0 and driver._speaking:
-            driver._data_buffer += ctypes.string_at(wav, numsamples * ctypes.sizeof(ctypes.c_short))
-        return handle(wav, 0, events)
+    RATE = 22050  # espeak-ng's output rate; the driver writes its files at the same
 
-    _espeak.SetSynthCallback(on_synth)
+    def __init__(self, espeak):
+        self._espeak = espeak
+        self._chunks: list[bytes] = []
+        self._active = False
+
+    @classmethod
+    def attach(cls, engine) -> _EspeakCapture | None:
+        driver = getattr(getattr(engine, "proxy", None), "_driver", None)
+        if driver is None or not type(driver).__module__.endswith(".espeak"):
+            return None  # SAPI5 and NSSpeechSynthesizer write their files themselves
+        import ctypes
+
+        from pyttsx3.drivers import _espeak
+
+        capture = cls(_espeak)
+        handle = driver._onSynth
+
+        def on_synth(wav, numsamples, events):
+            if numsamples > 0 and capture._active:
+                capture._chunks.append(ctypes.string_at(wav, numsamples * ctypes.sizeof(ctypes.c_short)))
+            return handle(wav, 0, events)
+
+        capture._callback = on_synth  # ctypes must keep the Python callable alive
+        _espeak.SetSynthCallback(on_synth)
+        return capture
+
+    def begin(self) -> None:
+        self._chunks, self._active = [], True
+
+    def end(self, wait_s: float = 5.0) -> Audio:
+        """After the driver's loop ended: wait for espeak to finish the message, then take it all."""
+        deadline = time.monotonic() + wait_s
+        while self._espeak.IsPlaying() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self._active = False
+        return Audio(from_int16_bytes(b"".join(self._chunks)), self.RATE)
 
 
 def create_synthesizer(engine: str, piper_voice: Path | None) -> Synthesizer:
