@@ -111,6 +111,15 @@ def choose_threshold(tune_sets: list[list[Record]], cost: float) -> float:
     return float(grid[int(np.argmax(scores))])
 
 
+def rule_at_tune_threshold(baseline: dict[str, list[Record]], cost: float) -> dict:
+    """The shipped rule (no calibrator) with its threshold chosen on the tune sets by the same
+    utility, reported on the test sets: whether the configured threshold still suits the reader."""
+    tune = [records for name, records in baseline.items() if name.endswith("tune")]
+    threshold = choose_threshold(tune, cost)
+    return {"threshold": threshold, "cost": cost,
+            **{name: summary(records, threshold) for name, records in baseline.items() if name.endswith("test")}}
+
+
 def training_rows(record_sets: list[tuple[list[Record], float]]):
     x, y, w = [], [], []
     for records, weight in record_sets:
@@ -215,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
                                       for c in (1.0, 2.0, 3.0) for t in [choose_threshold(list(tune.values()), c)]},
               "test": {name: summary(records, threshold) for name, records in test.items()},
               "without_calibrator": {name: summary(records, config.reader.threshold) for name, records in baseline.items()},
+              "rule_at_tune_threshold": {str(c): rule_at_tune_threshold(baseline, c) for c in (1.0, 2.0, 4.0, 9.0)},
               "calibrator_improves_tune_auc": {name: summary(tune[name], threshold)["risk_coverage_auc"]
                                                > summary(baseline[name], 0.5)["risk_coverage_auc"] for name in tune},
               "passage_choice_on_test": {name: passage_choice(records, calibrator) for name, records in test.items()

@@ -15,7 +15,7 @@ from appliance.errors import ConfigError, ModelError
 from appliance.speech.adapt import arpa_trigram, ipa_to_cmu, spoken_form
 from appliance.speech.asr import PocketsphinxRecognizer, VoskRecognizer, transcribe
 from appliance.speech.audio import SAMPLE_RATE, AudioError, chunks, read_wav
-from appliance.speech.tts import sentences
+from appliance.speech.tts import sentences, wav_bytes_to_audio
 from appliance.speech.vad import Endpointer, EndpointSettings, SileroVad
 from appliance.speech.wake import WakePhraseSpotter
 from appliance.speech.wer import word_error_rate
@@ -141,6 +141,37 @@ def test_sentence_split_keeps_abbreviation_free_answers_whole():
 def test_piper_voice_renders_audio(piper):
     parts = list(piper.synthesize("I don't know. The closest section is Missed dose."))
     assert len(parts) == 2 and all(p.rate == 22050 and p.seconds > 0.5 for p in parts)
+
+
+def test_driver_wav_files_read_like_the_pipe(espeak, tmp_path):
+    """A finished file (what pyttsx3's drivers leave) reads to the same samples as espeak-ng's pipe,
+    a stereo one mixes down to them, and a header without samples is empty audio, not an error."""
+    import io
+    import subprocess
+    import wave
+
+    piped = subprocess.run([espeak.binary, "--stdout", "Descale every three months."], capture_output=True, check=True).stdout
+    mono = wav_bytes_to_audio(piped)
+    pcm = np.frombuffer(piped[44:44 + 2 * mono.samples.size], dtype="<i2")
+
+    def wav_file(channels: int, frames: np.ndarray) -> bytes:
+        out = io.BytesIO()
+        with wave.open(out, "wb") as wav:
+            wav.setnchannels(channels), wav.setsampwidth(2), wav.setframerate(mono.rate)
+            wav.writeframes(frames.astype("<i2").tobytes())
+        return out.getvalue()
+
+    as_file = wav_bytes_to_audio(wav_file(1, pcm), "a driver", piped=False)
+    stereo = wav_bytes_to_audio(wav_file(2, np.repeat(pcm, 2)), "a driver", piped=False)
+    assert mono.samples.size > mono.rate // 2
+    np.testing.assert_array_equal(as_file.samples, mono.samples)
+    np.testing.assert_allclose(stereo.samples, mono.samples, atol=1e-6)
+    assert wav_bytes_to_audio(wav_file(1, pcm[:0]), "a driver", piped=False).samples.size == 0
+    with pytest.raises(AudioError, match="16-bit audio from a driver"):
+        out = io.BytesIO()
+        with wave.open(out, "wb") as wav:
+            wav.setnchannels(1), wav.setsampwidth(1), wav.setframerate(8000), wav.writeframes(bytes(100))
+        wav_bytes_to_audio(out.getvalue(), "a driver", piped=False)
 
 
 def test_unreadable_wav_is_a_clear_error(tmp_path):
