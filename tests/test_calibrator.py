@@ -12,7 +12,7 @@ import pytest
 from appliance.calibrator import FEATURES, Calibrator, candidate_features, question_overlap
 from appliance.errors import ModelError
 from appliance.reader import SpanPrediction
-from build_tools.calibrate import choose_threshold, fit_logistic, rescore
+from build_tools.calibrate import choose_threshold, fit_logistic, rescore, rule_at_tune_threshold
 from build_tools.selective import Record, risk_coverage_auc, summary
 
 
@@ -72,6 +72,22 @@ def test_a_corrupt_calibrator_is_refused_with_a_clear_error(tmp_path, corrupt, m
     path.write_text(bad if isinstance(bad, str) else json.dumps(bad))
     with pytest.raises(ModelError, match=message):
         Calibrator.load(path)
+
+
+def test_the_rules_threshold_is_chosen_on_tune_and_reported_on_test_only():
+    """Tune: right answers score 0.4 and up, wrong ones below; test is shifted so that tuning on
+    it would pick another threshold: the reported test figures must be at the tune choice."""
+    def records(scores_right, scores_wrong, split):
+        return ([Record(f"{split}r{i}", "answerable", p, True) for i, p in enumerate(scores_right)]
+                + [Record(f"{split}w{i}", "unanswerable", p, False) for i, p in enumerate(scores_wrong)])
+    baseline = {"KB tune": records([0.4, 0.5, 0.9], [0.1, 0.2, 0.3], "tune"),
+                "KB test": records([0.2, 0.6, 0.9], [0.1], "test")}  # tuned here: 0.2
+    report = rule_at_tune_threshold(baseline, cost=1.0)
+    assert 0.3 < report["threshold"] <= 0.4
+    assert "KB tune" not in report
+    test = report["KB test"]
+    assert test["answered"] == 2 and test["answerable_right"] == round(2 / 3, 4)
+    assert test["abstained_when_unanswerable"] == 1.0
 
 
 def test_features_of_agreeing_passages_and_overlap():
