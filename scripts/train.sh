@@ -44,8 +44,16 @@ launch() {  # launch JOB [ARGS]: start train-JOB in the background, PID in JOB/p
     MALLOC_CONF=${MALLOC_CONF:-background_thread:true,dirty_decay_ms:60000,muzzy_decay_ms:60000} \
     LD_PRELOAD=${JEMALLOC:-} nohup nice -n "${NICE:-10}" .venv/bin/python -m build_tools "train-$job" --out "$dir" "$@" \
         >>"$dir/train.log" 2>&1 &
-    echo $! >"$dir/pid"
-    echo "started $job: PID $!, log $dir/train.log"
+    local pid=$!
+    echo "$pid" >"$dir/pid"
+    # Until nohup, nice and python have exec'd, the child's cmdline is still this script's, and
+    # `running` (which reads it) would take the job for stopped: wait for the exec (or its death).
+    for _ in $(seq 200); do
+        kill -0 "$pid" 2>/dev/null || break
+        grep -qs "train-$job" "/proc/$pid/cmdline" && break
+        sleep 0.05
+    done
+    echo "started $job: PID $pid, log $dir/train.log"
 }
 
 if [ $# -gt 0 ] && [ "$1" != "--queue" ]; then  # one job by name
