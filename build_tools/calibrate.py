@@ -114,9 +114,10 @@ def choose_threshold(tune_sets: list[list[Record]], cost: float) -> float:
 def rule_at_tune_threshold(baseline: dict[str, list[Record]], cost: float) -> dict:
     """The shipped rule (no calibrator) with its threshold chosen on the tune sets by the same
     utility, reported on the test sets: whether the configured threshold still suits the reader."""
-    tune = [records for name, records in baseline.items() if name.endswith("tune")]
-    threshold = choose_threshold(tune, cost)
+    tune = {name: records for name, records in baseline.items() if name.endswith("tune")}
+    threshold = choose_threshold(list(tune.values()), cost)
     return {"threshold": threshold, "cost": cost,
+            "each_tune_set_alone": {name: choose_threshold([records], cost) for name, records in tune.items()},
             **{name: summary(records, threshold) for name, records in baseline.items() if name.endswith("test")}}
 
 

@@ -84,7 +84,7 @@ def test_the_rules_threshold_is_chosen_on_tune_and_reported_on_test_only():
                 "KB test": records([0.2, 0.6, 0.9], [0.1], "test")}  # tuned here: 0.2
     report = rule_at_tune_threshold(baseline, cost=1.0)
     assert 0.3 < report["threshold"] <= 0.4
-    assert "KB tune" not in report
+    assert "KB tune" not in report and report["each_tune_set_alone"]["KB tune"] == report["threshold"]
     test = report["KB test"]
     assert test["answered"] == 2 and test["answerable_right"] == round(2 / 3, 4)
     assert test["abstained_when_unanswerable"] == 1.0

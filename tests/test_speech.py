@@ -144,9 +144,9 @@ def test_piper_voice_renders_audio(piper):
 
 
 def test_driver_wav_files_read_like_the_pipe(espeak, tmp_path):
-    """A finished file (what pyttsx3's drivers leave) reads to the same samples as espeak-ng's pipe,
-    a stereo one mixes down to them, and a header without samples is empty audio, not an error."""
-    import io
+    """A finished file (what pyttsx3's drivers leave, read by ``read_wav``) gives the same samples as
+    espeak-ng's pipe, a stereo one mixes down to them, a header without samples is empty audio, and
+    8-bit audio is refused clearly."""
     import subprocess
     import wave
 
@@ -154,24 +154,20 @@ def test_driver_wav_files_read_like_the_pipe(espeak, tmp_path):
     mono = wav_bytes_to_audio(piped)
     pcm = np.frombuffer(piped[44:44 + 2 * mono.samples.size], dtype="<i2")
 
-    def wav_file(channels: int, frames: np.ndarray) -> bytes:
-        out = io.BytesIO()
-        with wave.open(out, "wb") as wav:
-            wav.setnchannels(channels), wav.setsampwidth(2), wav.setframerate(mono.rate)
-            wav.writeframes(frames.astype("<i2").tobytes())
-        return out.getvalue()
+    def wav_file(name: str, channels: int, frames: bytes, width: int = 2) -> Path:
+        path = tmp_path / name
+        with wave.open(str(path), "wb") as wav:
+            wav.setnchannels(channels), wav.setsampwidth(width), wav.setframerate(mono.rate)
+            wav.writeframes(frames)
+        return path
 
-    as_file = wav_bytes_to_audio(wav_file(1, pcm), "a driver", piped=False)
-    stereo = wav_bytes_to_audio(wav_file(2, np.repeat(pcm, 2)), "a driver", piped=False)
     assert mono.samples.size > mono.rate // 2
-    np.testing.assert_array_equal(as_file.samples, mono.samples)
-    np.testing.assert_allclose(stereo.samples, mono.samples, atol=1e-6)
-    assert wav_bytes_to_audio(wav_file(1, pcm[:0]), "a driver", piped=False).samples.size == 0
-    with pytest.raises(AudioError, match="16-bit audio from a driver"):
-        out = io.BytesIO()
-        with wave.open(out, "wb") as wav:
-            wav.setnchannels(1), wav.setsampwidth(1), wav.setframerate(8000), wav.writeframes(bytes(100))
-        wav_bytes_to_audio(out.getvalue(), "a driver", piped=False)
+    np.testing.assert_array_equal(read_wav(wav_file("mono.wav", 1, pcm.tobytes())).samples, mono.samples)
+    np.testing.assert_allclose(read_wav(wav_file("stereo.wav", 2, np.repeat(pcm, 2).tobytes())).samples,
+                               mono.samples, atol=1e-6)
+    assert read_wav(wav_file("empty.wav", 1, b"")).samples.size == 0
+    with pytest.raises(AudioError, match="16-bit"):
+        read_wav(wav_file("8bit.wav", 1, bytes(100), width=1))
 
 
 def test_unreadable_wav_is_a_clear_error(tmp_path):

@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from appliance.errors import ModelError
-from appliance.speech.audio import Audio, AudioError, from_int16_bytes
+from appliance.speech.audio import Audio, AudioError, from_int16_bytes, read_wav
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +37,14 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
 
 
-def wav_bytes_to_audio(data: bytes, source: str = "the synthesizer", piped: bool = True) -> Audio:
-    """16-bit WAV as mono Audio. ``piped``: written to a pipe (espeak-ng), whose header's length
-    fields may be bogus, so everything after the 44-byte header is read; otherwise a finished file
-    (pyttsx3's drivers): its frame count is trusted and several channels are mixed down."""
-    if not piped and len(data) <= 44:  # a driver that wrote the header and no samples
-        return Audio(np.zeros(0, dtype=np.float32), 22050)
+def wav_bytes_to_audio(data: bytes) -> Audio:
+    """A 16-bit mono WAV written to a pipe (its header's length fields may be bogus: read to the end)."""
     with wave.open(io.BytesIO(data), "rb") as wav:
-        rate, width, channels = wav.getframerate(), wav.getsampwidth(), wav.getnchannels()
-        if width != 2:
-            raise AudioError(f"expected 16-bit audio from {source}, got {8 * width}-bit")
-        pcm = data[44:] if piped else wav.readframes(wav.getnframes())
-    samples = from_int16_bytes(pcm[: len(pcm) - len(pcm) % 2])
-    if not piped and channels > 1:
-        samples = samples[: len(samples) - len(samples) % channels].reshape(-1, channels).mean(axis=1).astype("float32")
-    return Audio(samples, rate)
+        rate, width = wav.getframerate(), wav.getsampwidth()
+    if width != 2:
+        raise AudioError(f"expected 16-bit audio from the synthesizer, got {8 * width}-bit")
+    pcm = data[44:]
+    return Audio(from_int16_bytes(pcm[: len(pcm) - len(pcm) % 2]), rate)
 
 
 class Synthesizer(Protocol):
@@ -178,12 +171,18 @@ class Pyttsx3Synthesizer:
                 self._engine.save_to_file(sentence, name)
                 self._engine.runAndWait()
                 captured = self._capture.end() if self._capture is not None else None
-            audio = captured if captured is not None else wav_bytes_to_audio(Path(name).read_bytes(), "pyttsx3", piped=False)
+            audio = captured if captured is not None else _driver_audio(Path(name))
         finally:
             Path(name).unlink(missing_ok=True)
         if audio.samples.size == 0:
             raise AudioError(f"pyttsx3 produced no audio for {sentence[:40]!r}")
         return audio
+
+
+def _driver_audio(path: Path) -> Audio:
+    """The WAV file a pyttsx3 driver wrote (any channels, mixed down); one it left empty, or with a
+    header and no samples, is no audio, which the caller reports for its sentence."""
+    return read_wav(path) if path.stat().st_size > 44 else Audio(np.zeros(0, dtype=np.float32), 22050)
 
 
 class _EspeakCapture:
