@@ -25,6 +25,7 @@ from appliance.windows import Window, load_tokenizer, make_windows
 from build_tools.compress.common import run_steps
 from build_tools.paths import DEFAULT_TRAIN_FILES, PROJECT_ROOT
 from build_tools.squad import SquadExample, load_squad
+from build_tools.unanswerable import synthetic_unanswerables
 from build_tools.training import (JobProgress, add_job_arguments, jemalloc_loaded, log_json, make_optimiser, resume,
                                   save_checkpoint, save_model_dir, start_job)
 
@@ -132,9 +133,16 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epochs: int) -
 
 
 def warm_start(model, source: Path) -> str:
-    """Initial weights when no checkpoint exists: the shipped reader's ONNX when there is one."""
+    """Initial weights when no checkpoint exists: a trained reader's own weights (a HF model dir,
+    such as another job's final/) or else the ONNX reader of a model dir (the shipped one),
+    dequantised."""
     from build_tools.onnx_import import load_onnx_weights
 
+    if (source / "model.safetensors").exists():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(source / "model.safetensors"))
+        return str(source / "model.safetensors")
     onnx_files = sorted(source.glob("*.onnx")) if source.is_dir() else []
     if not onnx_files:
         return "base model"
@@ -166,6 +174,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of answer-less windows of answerable questions to keep")
     p.add_argument("--retrieved-negatives", type=float, default=0.25,
                    help="share of answerable questions also paired with a retrieved passage lacking the answer")
+    p.add_argument("--synthetic-unanswerable", type=float, default=0.0,
+                   help="share of answerable questions also asked changed (a name, number or word the paragraph "
+                        "lacks) over their own paragraph, labelled no-answer (build_tools/unanswerable.py)")
 
 
 @dataclass(frozen=True)
@@ -174,6 +185,7 @@ class TrainingData:
 
     examples: int
     retrieved_negatives: int
+    synthetic_unanswerables: int
     features: list  # (input_ids, token_type_ids, start, end)
     steps_per_epoch: int
     batches: list[list[int]]  # every epoch's batches, one after the other
@@ -187,10 +199,12 @@ def training_data(args, tokenizer) -> TrainingData:
     if args.limit:
         examples = examples[: args.limit]
     negatives = retrieved_negatives(examples, args.retrieved_negatives, args.seed)
-    features = build_features(examples + negatives, tokenizer, args.max_length, args.stride,
+    made = synthetic_unanswerables(examples, args.synthetic_unanswerable, args.seed) \
+        if args.synthetic_unanswerable > 0 else []
+    features = build_features(examples + negatives + made, tokenizer, args.max_length, args.stride,
                               args.keep_negative, args.seed)
     lengths = [len(f[0]) for f in features]
-    return TrainingData(len(examples), len(negatives), features,
+    return TrainingData(len(examples), len(negatives), len(made), features,
                         len(bucketed_batches(lengths, args.batch_size, args.seed)),
                         epoch_batches(lengths, args.batch_size, args.seed, args.epochs))
 
@@ -218,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     data = training_data(args, load_tokenizer(job.base / "tokenizer.json"))
     features, batches = data.features, data.batches
     total_steps = min(args.max_steps or len(batches), len(batches))
-    log_json(examples=data.examples, retrieved_negatives=data.retrieved_negatives, features=len(features),
+    log_json(examples=data.examples, retrieved_negatives=data.retrieved_negatives,
+             synthetic_unanswerables=data.synthetic_unanswerables, features=len(features),
              steps_per_epoch=data.steps_per_epoch, total_steps=total_steps, bf16=job.bf16, device=job.device,
              jemalloc=jemalloc_loaded(), threads=args.threads, prep_s=round(time.time() - t0, 1), out=str(job.out))
 
@@ -226,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
                                                           attention_probs_dropout_prob=args.attention_dropout)
     opt = make_optimiser(model, args.lr, args.warmup, total_steps, args.train_word_embeddings)
     record = {"base": str(job.base), "data": args.data, "features_per_epoch": len(features),
-              "retrieved_negatives": data.retrieved_negatives, "epochs": args.epochs, "planned_steps": total_steps,
+              "retrieved_negatives": data.retrieved_negatives,
+              "synthetic_unanswerables": data.synthetic_unanswerables, "epochs": args.epochs, "planned_steps": total_steps,
               "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size, "lr": args.lr,
               "keep_negative": args.keep_negative,
               "attention_dropout": args.attention_dropout, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
