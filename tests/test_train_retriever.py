@@ -55,6 +55,26 @@ def test_a_stopped_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(tin
         "pairs_trained"] == 2 * 15
 
 
+def test_a_share_of_squad_paragraphs_carry_their_articles_title_as_the_box_indexes_passages():
+    from build_tools.squad import load_squad
+    from build_tools.train_retriever import squad_pairs
+
+    plain = squad_pairs([SQUAD], negatives=True, title_share=0.0)
+    titled = squad_pairs([SQUAD], negatives=True, title_share=0.5)
+    everything = squad_pairs([SQUAD], negatives=True, title_share=1.0)
+    titles = {ex.context: ex.title.replace("_", " ") for ex in load_squad(SQUAD)}
+    assert all(p in titles for _, p, _ in plain)
+    assert all(p == f"{titles[q]}. {q}" for (_, p, _), (_, q, _) in zip(everything, plain))
+    shown = [p != q for (_, p, _), (_, q, _) in zip(titled, plain)]
+    assert any(shown) and not all(shown)
+    # a paragraph reads the same as a positive and as another question's hard negative
+    as_positive = {q: p for (_, p, _), (_, q, _) in zip(titled, plain)}
+    for (_, _, n), (_, _, m) in zip(titled, plain):
+        if m is not None and m in as_positive:
+            assert n == as_positive[m]
+    assert squad_pairs([SQUAD], True, 0.5) == titled  # the same every run
+
+
 def test_batches_hold_no_passage_or_question_twice():
     from build_tools.train_retriever import Pairs, epoch_batches, pair_keys
 
