@@ -1,7 +1,6 @@
 """Distil the trained reader into a shallower student, as a job that spans sessions like train-reader.
 
-The teacher is the last reader job's finished model (the abstain continuation's final/ when there
-is one, else the reader job's) unless --teacher names
+The teacher is the reader job's finished model (train-reader's final/) unless --teacher names
 another (a HF checkpoint, or a model dir holding an ONNX reader, whose weights are dequantised).
 The student starts from a subset of the teacher's layers (plus its embeddings and span head) and
 learns the teacher's start/end distributions at temperature T (KL, Hinton et al.) mixed with the
@@ -26,10 +25,8 @@ from build_tools.training import (JobProgress, add_job_arguments, default_train_
 
 
 def default_teacher() -> Path:
-    """The last reader job's finished model (the queue's abstain continuation when it has finished,
-    else the reader job's): the student is distilled from the newest reader."""
-    abstain = default_train_dir("abstain") / "final"
-    return abstain if abstain.exists() else default_train_dir("reader") / "final"
+    """The reader job's finished model: the student is distilled from the new reader."""
+    return default_train_dir("reader") / "final"
 
 
 def load_teacher(path: Path, base: Path, attention_dropout: float):
@@ -66,7 +63,7 @@ def export_snapshot(checkpoint: Path, base: Path, out: Path) -> None:
 def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(prog="build_tools train-student", description=__doc__)
     p.add_argument("--teacher", default=None,
-                   help="the reader to distil (default: the last reader job's final/, "
+                   help="the reader to distil (default: the reader job's final/, "
                         f"{default_teacher()})")
     p.add_argument("--layers", default="0,2,5",
                    help="teacher layers the student starts from, in order (shape chosen by benchmarks/student_shapes)")

@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
-# The training queue: one job at a time, in the order reader → abstain → retriever → student.
-# abstain is a short continuation of the reader's final model (train-reader again, warm-started from
-# it) that adds same-paragraph unanswerable questions (build_tools/unanswerable.py); student is the
-# reader's distilled student, from the last reader job's final model. Each job lives in its
+# The training queue: one job at a time, in the order reader → retriever → student (the reader's
+# distilled student, from the reader job's final model). Each job lives in its
 # folder outside the repository (~/.cache/appliance/train/JOB, or $APPLIANCE_TRAIN_DIR/JOB) with
 # its checkpoints, log (train.log) and PID; a job is finished when its folder holds final/.
 #
@@ -10,8 +8,8 @@
 #                                 finishes, go on to the next (a job that is already running is
 #                                 waited for first). Extra arguments per job: READER_ARGS="…",
 #                                 RETRIEVER_ARGS="…", STUDENT_ARGS="…".
-#   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | abstain | retriever | student),
-#                                 ARGS to its `python -m build_tools train-…` command.
+#   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | retriever | student), ARGS to
+#                                 `python -m build_tools train-JOB`.
 #
 # Jobs run under nice (10: they still get a share beside foreground work; nice 19 starves them),
 # with jemalloc when available. Pause a job with kill -STOP "$(cat JOB/pid)", resume with -CONT;
@@ -21,19 +19,11 @@ set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 ROOT=${APPLIANCE_TRAIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/appliance/train}
-JOBS=(reader abstain retriever student)
+JOBS=(reader retriever student)
 mkdir -p "$ROOT"
 
-command_of() {  # command_of JOB: the build_tools command that trains it, then its own default arguments
-    case $1 in
-        abstain) echo "train-reader --warm-start $ROOT/reader/final --synthetic-unanswerable 0.5 --lr 3e-5 \
-                       --warmup 0.05 --epochs 1 --max-steps 1500";;
-        *) echo "train-$1";;
-    esac
-}
-
 running() {  # running JOB: its PID file names a live process training into the job's folder
-    [ -f "$ROOT/$1/pid" ] && tr '\0' '\n' <"/proc/$(cat "$ROOT/$1/pid")/cmdline" 2>/dev/null | grep -qxF "$ROOT/$1"
+    [ -f "$ROOT/$1/pid" ] && tr '\0' '\n' 2>/dev/null <"/proc/$(cat "$ROOT/$1/pid")/cmdline" | grep -qxF "$ROOT/$1"
 }
 
 setup() {  # jemalloc and the build extra, once (TRAIN_SETUP=0 skips this)
@@ -52,8 +42,7 @@ launch() {  # launch JOB [ARGS]: start train-JOB in the background, PID in JOB/p
     # jemalloc's default decay hands freed pages back at once; with batches of varying length that
     # turns into page faults (a third of the CPU time went to the kernel): keep them for a minute.
     MALLOC_CONF=${MALLOC_CONF:-background_thread:true,dirty_decay_ms:60000,muzzy_decay_ms:60000} \
-    # shellcheck disable=SC2046  # the job's command and default arguments are split into words
-    LD_PRELOAD=${JEMALLOC:-} nohup nice -n "${NICE:-10}" .venv/bin/python -m build_tools $(command_of "$job") --out "$dir" "$@" \
+    LD_PRELOAD=${JEMALLOC:-} nohup nice -n "${NICE:-10}" .venv/bin/python -m build_tools "train-$job" --out "$dir" "$@" \
         >>"$dir/train.log" 2>&1 &
     local pid=$!
     echo "$pid" >"$dir/pid"
@@ -61,7 +50,7 @@ launch() {  # launch JOB [ARGS]: start train-JOB in the background, PID in JOB/p
     # `running` (which reads it) would take the job for stopped: wait for the exec (or its death).
     for _ in $(seq 200); do
         kill -0 "$pid" 2>/dev/null || break
-        tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF "$dir" && break
+        tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | grep -qxF "$dir" && break
         sleep 0.05
     done
     echo "started $job: PID $pid, log $dir/train.log"

@@ -71,6 +71,24 @@ def test_a_job_without_checkpoint_warm_starts_from_the_shipped_onnx(tiny_dirs, t
     assert any(str(line.get("warm_start", "")).endswith("model.int8.onnx") for line in lines)
 
 
+def test_a_continuation_starts_from_another_jobs_final_weights_and_adds_made_unanswerables(tiny_dirs, tmp_path):
+    from build_tools.train_reader import warm_start
+
+    train(tiny_dirs["reader"], tmp_path / "first", "--warm-start", "none")
+    source = tmp_path / "first" / "final"
+    fresh = transformers.BertForQuestionAnswering.from_pretrained(tiny_dirs["reader"])
+    assert warm_start(fresh, source) == str(source / "model.safetensors")
+    for name, weights in final_weights(tmp_path / "first").items():
+        np.testing.assert_array_equal(fresh.state_dict()[name].numpy(), weights.numpy(), err_msg=name)
+
+    lines = train(tiny_dirs["reader"], tmp_path / "continued", "--warm-start", str(source),
+                  "--synthetic-unanswerable", "1.0", "--max-steps", "1")
+    assert any(line.get("warm_start") == str(source / "model.safetensors") for line in lines)
+    assert lines[0]["synthetic_unanswerables"] > 0
+    plain = train(tiny_dirs["reader"], tmp_path / "plain", "--warm-start", "none", "--max-steps", "1")
+    assert lines[0]["features"] > plain[0]["features"] and plain[0]["synthetic_unanswerables"] == 0
+
+
 def test_warm_start_refuses_another_architecture(tiny_dirs, tmp_path):
     from build_tools.onnx_export import export_onnx
     from build_tools.onnx_import import load_onnx_weights
