@@ -22,13 +22,27 @@ ROOT=${APPLIANCE_TRAIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/appliance/train}
 JOBS=(reader retriever student)
 mkdir -p "$ROOT"
 
+# No pipe here ends its reader early (grep -q, awk's exit): under pipefail the writer's SIGPIPE
+# would fail the pipeline at random, and set -e end the queue silently (seen under load).
+
+names_job() {  # names_job PID DIR: the process's command line holds DIR as one of its arguments
+    local args
+    args=$(tr '\0' '\n' 2>/dev/null <"/proc/$1/cmdline") || return 1
+    grep -qxF -- "$2" <<<"$args"
+}
+
 running() {  # running JOB: its PID file names a live process training into the job's folder
-    [ -f "$ROOT/$1/pid" ] && tr '\0' '\n' 2>/dev/null <"/proc/$(cat "$ROOT/$1/pid")/cmdline" | grep -qxF "$ROOT/$1"
+    [ -f "$ROOT/$1/pid" ] || return 1
+    local pid
+    pid=$(cat "$ROOT/$1/pid")
+    # While a process execs (nohup → nice → python), its command line reads empty for a moment:
+    # look twice before taking a job for stopped.
+    names_job "$pid" "$ROOT/$1" || { sleep 0.5; names_job "$pid" "$ROOT/$1"; }
 }
 
 setup() {  # jemalloc and the build extra, once (TRAIN_SETUP=0 skips this)
     [ "${TRAIN_SETUP:-1}" = 0 ] && return 0
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p | grep -q libjemalloc.so.2; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p | grep libjemalloc.so.2 >/dev/null; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null || true
     fi
     .venv/bin/python -c "import torch, transformers" 2>/dev/null || .venv/bin/python -m pip install --quiet -e ".[build]"
@@ -38,19 +52,20 @@ launch() {  # launch JOB [ARGS]: start train-JOB in the background, PID in JOB/p
     local job=$1; shift
     local dir="$ROOT/$job"
     mkdir -p "$dir"
-    JEMALLOC=$(ldconfig -p 2>/dev/null | awk '/libjemalloc.so.2 / {print $NF; exit}')
+    JEMALLOC=$(ldconfig -p 2>/dev/null | awk '/libjemalloc.so.2 / && !found {print $NF; found = 1}') || JEMALLOC=
     # jemalloc's default decay hands freed pages back at once; with batches of varying length that
     # turns into page faults (a third of the CPU time went to the kernel): keep them for a minute.
     MALLOC_CONF=${MALLOC_CONF:-background_thread:true,dirty_decay_ms:60000,muzzy_decay_ms:60000} \
     LD_PRELOAD=${JEMALLOC:-} nohup nice -n "${NICE:-10}" .venv/bin/python -m build_tools "train-$job" --out "$dir" "$@" \
         >>"$dir/train.log" 2>&1 &
     local pid=$!
+    LAUNCHED=$pid
     echo "$pid" >"$dir/pid"
     # Until nohup, nice and python have exec'd, the child's cmdline is still this script's, and
     # `running` (which reads it) would take the job for stopped: wait for the exec (or its death).
     for _ in $(seq 200); do
         kill -0 "$pid" 2>/dev/null || break
-        tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | grep -qxF "$dir" && break
+        names_job "$pid" "$dir" && break
         sleep 0.05
     done
     echo "started $job: PID $pid, log $dir/train.log"
@@ -77,7 +92,11 @@ if [ "${1:-}" = "--queue" ]; then  # the queue itself, in the background
             # shellcheck disable=SC2086  # word splitting of the extra arguments is wanted
             launch "$job" ${!args_var:-}
         fi
-        while running "$job"; do sleep "${QUEUE_POLL_S:-60}"; done
+        if [ -n "${LAUNCHED:-}" ]; then
+            wait "$LAUNCHED" || true  # the queue's own child: wait for it exactly
+            LAUNCHED=
+        fi
+        while running "$job"; do sleep "${QUEUE_POLL_S:-60}"; done  # one started elsewhere
         if [ ! -d "$ROOT/$job/final" ]; then
             echo "$(date -u +%FT%TZ) $job stopped before its end (no final/): queue stopped; run scripts/train.sh to resume"
             exit 0
