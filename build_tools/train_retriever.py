@@ -260,8 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(base / "tokenizer.json")
     files = [Path(f) for f in args.squad + args.medquad]
     settings = {"squad": args.squad, "medquad": args.medquad, "hard_negatives": not args.no_hard_negatives,
-                "title_share": args.title_share, "max_length": args.max_length, "tokenizer": hashlib.sha256((base / "tokenizer.json").read_bytes())
-                .hexdigest(), "files": {str(f): f.stat().st_size for f in files}}
+                "title_share": args.title_share, "max_length": args.max_length,
+                "tokenizer": hashlib.sha256((base / "tokenizer.json").read_bytes()).hexdigest(),
+                "files": {str(f): f.stat().st_size for f in files}}
     pairs, cached = cached_pairs(out, settings, lambda: prepare_pairs(
         [Path(f) for f in args.squad], [Path(f) for f in args.medquad], not args.no_hard_negatives, tokenizer,
         args.max_length, args.title_share))

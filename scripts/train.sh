@@ -35,8 +35,8 @@ running() {  # running JOB: its PID file names a live process training into the 
     [ -f "$ROOT/$1/pid" ] || return 1
     local pid
     pid=$(cat "$ROOT/$1/pid")
-    # While a process execs (nohup → nice → python), its command line reads empty for a moment:
-    # look twice before taking a job for stopped.
+    # While a process execs (nohup → nice → python), its command line reads empty for a moment (a
+    # job just started by `scripts/train.sh JOB`): look twice before taking a job for stopped.
     names_job "$pid" "$ROOT/$1" || { sleep 0.5; names_job "$pid" "$ROOT/$1"; }
 }
 
@@ -58,17 +58,9 @@ launch() {  # launch JOB [ARGS]: start train-JOB in the background, PID in JOB/p
     MALLOC_CONF=${MALLOC_CONF:-background_thread:true,dirty_decay_ms:60000,muzzy_decay_ms:60000} \
     LD_PRELOAD=${JEMALLOC:-} nohup nice -n "${NICE:-10}" .venv/bin/python -m build_tools "train-$job" --out "$dir" "$@" \
         >>"$dir/train.log" 2>&1 &
-    local pid=$!
-    LAUNCHED=$pid
-    echo "$pid" >"$dir/pid"
-    # Until nohup, nice and python have exec'd, the child's cmdline is still this script's, and
-    # `running` (which reads it) would take the job for stopped: wait for the exec (or its death).
-    for _ in $(seq 200); do
-        kill -0 "$pid" 2>/dev/null || break
-        names_job "$pid" "$dir" && break
-        sleep 0.05
-    done
-    echo "started $job: PID $pid, log $dir/train.log"
+    LAUNCHED=$!  # the queue waits for its own child with `wait`, not by reading its command line
+    echo "$LAUNCHED" >"$dir/pid"
+    echo "started $job: PID $LAUNCHED, log $dir/train.log"
 }
 
 if [ $# -gt 0 ] && [ "$1" != "--queue" ]; then  # one job by name
