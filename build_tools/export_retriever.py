@@ -10,8 +10,6 @@ from build_tools.paths import SQUAD_DIR, minilm_dir
 from build_tools.squad import load_squad
 
 REBUILD = "python -m build_tools export-retriever"
-TRAINING_FIELDS = ("squad", "medquad", "sources", "pairs_per_epoch", "hard_negatives", "epochs", "planned_steps",
-                   "steps", "epochs_done", "pairs_trained", "train_minutes", "batch_size", "lr", "scale", "max_length")
 
 
 def parity_texts(n: int) -> list[str]:
@@ -45,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     if (base / "training.json").exists():  # a train-retriever job's final/ or --export-snapshot
         record = json.loads((base / "training.json").read_text())
         source["fine_tuned"] = {"by": "python -m build_tools train-retriever", "from": str(base),
-                                **{k: record.get(k) for k in TRAINING_FIELDS if k in record}}
+                                **{k: v for k, v in record.items() if k != "base"}}
     feeds = text_feeds(base / "tokenizer.json", parity_texts(args.parity_samples), args.max_length)
     manifest = export_model(model, "retriever", Path(args.fp32_out), base / "tokenizer.json", rebuild=REBUILD,
                             extra={"source": source}, int8_out=out, parity_feeds=feeds)

@@ -50,13 +50,16 @@ def onnx_state_dict(onnx_path: Path) -> dict[str, np.ndarray]:
     return state
 
 
-def load_onnx_weights(model, onnx_path: Path) -> int:
+def load_onnx_weights(model, onnx_path: Path, unused: tuple[str, ...] = ()) -> int:
     """Copy every weight of ``onnx_path`` into the matching parameter of ``model``; raises
-    ValueError when a parameter is missing or shaped differently. Returns the count copied."""
+    ValueError when a parameter is missing or shaped differently. ``unused``: name prefixes of
+    parameters the graph may lack because its outputs never use them (the retriever's embeddings
+    are mean-pooled, so its export has no BERT pooler); those keep their values. Returns the count
+    copied."""
     import torch
 
     state = onnx_state_dict(Path(onnx_path))
-    params = dict(model.named_parameters())
+    params = {n: p for n, p in model.named_parameters() if n in state or not n.startswith(unused)}
     missing = [n for n in params if n not in state]
     if missing:
         raise ValueError(f"{onnx_path}: no weights for {missing[:5]} (not an export of this architecture)")

@@ -26,8 +26,8 @@ from build_tools.compress.common import run_steps
 from build_tools.paths import DEFAULT_TRAIN_FILES, PROJECT_ROOT
 from build_tools.squad import SquadExample, load_squad
 from build_tools.unanswerable import synthetic_unanswerables
-from build_tools.training import (JobProgress, add_job_arguments, jemalloc_loaded, log_json, make_optimiser, resume,
-                                  save_checkpoint, save_model_dir, start_job)
+from build_tools.training import (JobProgress, add_job_arguments, advance_schedule, jemalloc_loaded, log_json,
+                                  make_optimiser, resume, save_checkpoint, save_model_dir, shipped_position, start_job)
 
 SHIPPED_READER = PROJECT_ROOT / "models" / "reader"
 
@@ -150,6 +150,13 @@ def warm_start(model, source: Path) -> str:
     return str(onnx_files[0])
 
 
+# What makes two runs of the job the same schedule: the same windows, in the same order, at the same
+# rate (see training.shipped_position).
+SCHEDULE = ("features_per_epoch", "retrieved_negatives", "synthetic_unanswerables", "epochs", "planned_steps",
+            "max_length", "stride", "batch_size", "lr", "warmup", "keep_negative", "seed")
+RECORD_DEFAULTS = {"synthetic_unanswerables": 0, "warmup": 0.03, "seed": 13}  # fields older records lack
+
+
 def export_snapshot(checkpoint: Path, base: Path, out: Path) -> None:
     """Write the model of a running job's checkpoint as a model dir (for evaluation mid-training)."""
     from transformers import AutoModelForQuestionAnswering
@@ -244,12 +251,18 @@ def main(argv: list[str] | None = None) -> None:
               "retrieved_negatives": data.retrieved_negatives,
               "synthetic_unanswerables": data.synthetic_unanswerables, "epochs": args.epochs, "planned_steps": total_steps,
               "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size, "lr": args.lr,
-              "keep_negative": args.keep_negative,
+              "warmup": args.warmup, "keep_negative": args.keep_negative, "seed": args.seed,
               "attention_dropout": args.attention_dropout, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
     step, record = resume(job.checkpoint, model, opt.optimizer, opt.scheduler, record)
     if not job.checkpoint.exists():
         record["warm_start"] = warm_start(model, Path(args.warm_start)) if args.warm_start != "none" else "base model"
         log_json(warm_start=record["warm_start"])
+        position = shipped_position(Path(args.warm_start), record, SCHEDULE, RECORD_DEFAULTS) \
+            if args.warm_start != "none" else None
+        if position:
+            step, record = position
+            advance_schedule(opt.scheduler, step)
+            log_json(continues_at_step=step, of=total_steps, from_manifest=record["continued_from"])
     model.to(job.device).train()
     loss_fn = torch.nn.CrossEntropyLoss()
     progress = JobProgress(record, step, data.steps_per_epoch, bf16=job.bf16, device=job.device,

@@ -19,7 +19,9 @@ of the first job: KB dense top-5 0.931 with it, 0.916 without, where stock reads
 The job spans sessions like train-reader: its folder lives outside the repository; it resumes
 model, optimiser, schedule and position in the seeded data order from the checkpoint (written
 every --checkpoint-every-min minutes and on SIGTERM); without a checkpoint it warm-starts from the
-base model. The prepared pairs are cached in the job folder, so a resume does not redo BM25.
+shipped retriever when that is one we trained (its manifest keeps the run's record; a run of the
+same schedule goes on from the step it was shipped at), else from the base model. The prepared
+pairs are cached in the job folder, so a resume does not redo BM25.
 """
 from __future__ import annotations
 
@@ -38,10 +40,13 @@ import torch.nn.functional as F
 from appliance.bm25 import BM25
 from appliance.windows import load_tokenizer
 from build_tools.compress.common import batch_inputs, run_steps
-from build_tools.paths import SHARED_DATA, SQUAD_DIR
+from build_tools.paths import PROJECT_ROOT, SHARED_DATA, SQUAD_DIR
 from build_tools.squad import load_squad
-from build_tools.training import (JobProgress, add_job_arguments, jemalloc_loaded, log_json, make_optimiser, resume,
-                                  save_checkpoint, save_model_dir, start_job)
+from build_tools.training import (JobProgress, add_job_arguments, advance_schedule, jemalloc_loaded, log_json,
+                                  make_optimiser, resume, save_checkpoint, save_model_dir, shipped_position,
+                                  shipped_training, start_job)
+
+SHIPPED_RETRIEVER = PROJECT_ROOT / "models" / "retriever"
 
 DEFAULT_SQUAD = [SQUAD_DIR / "train-v1.1.json.gz"]
 DEFAULT_MEDQUAD = [SHARED_DATA / "medical" / "medquad_pairs_with_answers.json"]
@@ -243,8 +248,35 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--title-share", type=float, default=0.5,
                    help="share of SQuAD paragraphs trained with their article's title in front, as the box indexes "
                         "passages under their document and section (without it the model unlearns using them)")
+    p.add_argument("--warm-start", default=str(SHIPPED_RETRIEVER),
+                   help="model dir whose ONNX weights start a job that has no checkpoint, when its manifest shows we "
+                        "trained it ('none' = the base model)")
     add_job_arguments(p, "retriever")
     return p.parse_args(argv)
+
+
+# What makes two runs of the job the same schedule (see training.shipped_position).
+SCHEDULE = ("pairs_per_epoch", "hard_negatives", "title_share", "epochs", "planned_steps", "max_length",
+            "batch_size", "lr", "warmup", "scale", "seed")
+RECORD_DEFAULTS = {"warmup": 0.1, "seed": 13, "title_share": 0.0}  # fields older records lack
+
+
+def warm_start(model, source: Path, record: dict, scheduler) -> tuple[int, dict]:
+    """(step, record) for a job without checkpoint: the shipped retriever's weights when we trained
+    it, at the step its run reached when the schedule is this one; the base model otherwise."""
+    from build_tools.onnx_import import load_onnx_weights
+
+    onnx_files = sorted(source.glob("*.onnx")) if source.is_dir() else []
+    if not shipped_training(source) or not onnx_files:
+        return 0, {**record, "warm_start": record["base"]}
+    load_onnx_weights(model, onnx_files[0], unused=("pooler.",))
+    record = {**record, "warm_start": str(onnx_files[0])}
+    position = shipped_position(source, record, SCHEDULE, RECORD_DEFAULTS)
+    if not position:
+        return 0, record
+    advance_schedule(scheduler, position[0])
+    log_json(continues_at_step=position[0], of=record["planned_steps"], from_manifest=position[1]["continued_from"])
+    return position
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -287,11 +319,13 @@ def main(argv: list[str] | None = None) -> None:
               "sources": pairs.sources, "hard_negatives": not args.no_hard_negatives,
               "title_share": args.title_share, "epochs": args.epochs,
               "planned_steps": total_steps, "max_length": args.max_length, "batch_size": args.batch_size,
-              "lr": args.lr, "scale": args.scale, "attention_dropout": args.attention_dropout,
+              "lr": args.lr, "warmup": args.warmup, "scale": args.scale, "seed": args.seed,
+              "attention_dropout": args.attention_dropout,
               "pairs_trained": 0, "train_minutes": 0.0, "sessions": []}
     step, record = resume(ckpt, model, opt.optimizer, opt.scheduler, record, unit="pairs")
     if not ckpt.exists():
-        record["warm_start"] = str(base)
+        step, record = warm_start(model, Path(args.warm_start), record, opt.scheduler) \
+            if args.warm_start != "none" else (0, {**record, "warm_start": str(base)})
         log_json(warm_start=record["warm_start"])
     model.to(device).train()
     progress = JobProgress(record, step, steps_per_epoch, unit="pairs", bf16=use_bf16, device=device,

@@ -145,6 +145,43 @@ def resume(path: Path, model, optimizer, scheduler, record: dict, unit: str = "w
     return state["step"], record
 
 
+def shipped_training(model_dir: Path) -> dict:
+    """The training record a shipped model's manifest keeps (export-reader: source.training,
+    export-retriever: source.fine_tuned); {} for a model we did not train (or no manifest)."""
+    manifest = model_dir / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    source = json.loads(manifest.read_text()).get("source", {})
+    return source.get("training") or source.get("fine_tuned") or {}
+
+
+def shipped_position(model_dir: Path, record: dict, schedule: tuple[str, ...],
+                     defaults: dict | None = None) -> tuple[int, dict] | None:
+    """(step, record) where the shipped model's own run of this same schedule (the ``schedule``
+    fields of its record equal this run's; ``defaults`` for fields older records lack) stopped;
+    None when it was another schedule. A job whose checkpoint is gone (a new machine) then trains
+    only the steps the shipped model has not seen, instead of the whole schedule again over
+    weights that already learned it. The record carries on the items, minutes and sessions."""
+    trained = shipped_training(model_dir)
+    if not trained or any(trained.get(k, (defaults or {}).get(k)) != record[k] for k in schedule):
+        return None
+    step = int(trained.get("steps", 0))
+    if not 0 < step <= record["planned_steps"]:
+        return None
+    carried = {k: v for k, v in trained.items() if k.endswith("_trained") or k in ("train_minutes", "sessions")}
+    return step, {**record, **carried, "continued_from": str(model_dir / "manifest.json")}
+
+
+def advance_schedule(scheduler, step: int) -> None:
+    """Give the schedule the learning rate it had at this step (no optimiser step taken yet)."""
+    import warnings
+
+    scheduler.last_epoch = step - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": wanted here
+        scheduler.step()
+
+
 class JobProgress:
     """How far the job got, kept in its record across sessions (items trained, minutes, one entry
     per session with its speed and settings): what the model card reports. ``unit`` names the

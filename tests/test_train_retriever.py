@@ -23,7 +23,8 @@ MEDQUAD = DATA / "tiny-medquad.json"
 def train(base, out, *extra: str) -> list[dict]:
     return run_training_job("train-retriever", "--base", str(base), "--squad", str(SQUAD),
                             str(DATA / "tiny-squad.json"), "--medquad", str(MEDQUAD), "--out", str(out),
-                            "--batch-size", "3", "--epochs", "2", "--bf16", "off", "--threads", "1", *extra)
+                            "--batch-size", "3", "--epochs", "2", "--bf16", "off", "--threads", "1", "--warm-start", "none",
+                            *extra)
 
 
 def test_a_stopped_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(tiny_dirs, tmp_path):
@@ -53,6 +54,45 @@ def test_a_stopped_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(tin
     assert record["steps"] == total and len(record["sessions"]) == 2
     assert record["pairs_trained"] == json.loads((tmp_path / "straight" / "final" / "training.json").read_text())[
         "pairs_trained"] == 2 * 15
+
+
+def test_a_job_whose_checkpoint_is_gone_goes_on_from_the_step_the_shipped_retriever_reached(tiny_dirs, tmp_path):
+    base = tiny_dirs["retriever"]
+    straight = train(base, tmp_path / "straight")
+    total = straight[0]["total_steps"]
+    train(base, tmp_path / "first", "--time-budget-min", "0.00001")
+    snapshot = tmp_path / "snapshot"
+    result = run_cli("build_tools", "train-retriever", "--base", str(base), "--out", str(tmp_path / "first"),
+                     "--export-snapshot", str(snapshot))
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = transformers.BertModel.from_pretrained(snapshot)
+    with torch.no_grad():  # a tiny model one step from its init has equal tensors, which the export would merge
+        for p in model.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    model.save_pretrained(snapshot)
+    shipped = tmp_path / "shipped"
+    result = run_cli("build_tools", "export-retriever", "--base", str(snapshot), "--out", str(shipped),
+                     "--fp32-out", str(tmp_path / "fp32"), "--parity-samples", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    reached = json.loads((shipped / "manifest.json").read_text())["source"]["fine_tuned"]
+    assert 0 < reached["steps"] < total
+
+    lines = train(base, tmp_path / "job", "--warm-start", str(shipped))
+    assert next(line["continues_at_step"] for line in lines if "continues_at_step" in line) == reached["steps"]
+    assert any(str(line.get("warm_start", "")).endswith("model.int8.onnx") for line in lines)
+    record = json.loads((tmp_path / "job" / "final" / "training.json").read_text())
+    assert record["steps"] == total and len(record["sessions"]) == len(reached["sessions"]) + 1
+    assert record["pairs_trained"] == json.loads((tmp_path / "straight" / "final" / "training.json").read_text())[
+        "pairs_trained"]
+
+    # a shipped model we did not train (the stock one: no training record) is no warm start
+    stock = tmp_path / "stock"
+    stock.mkdir()
+    (stock / "model.int8.onnx").write_bytes((shipped / "model.int8.onnx").read_bytes())
+    (stock / "manifest.json").write_text(json.dumps({"source": {"model": "stock"}}))
+    lines = train(base, tmp_path / "fresh", "--warm-start", str(stock), "--max-steps", "1")
+    assert any(line.get("warm_start") == str(base) for line in lines)
+    assert not any("continues_at_step" in line for line in lines)
 
 
 def test_a_share_of_squad_paragraphs_carry_their_articles_title_as_the_box_indexes_passages():

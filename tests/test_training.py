@@ -71,6 +71,40 @@ def test_a_job_without_checkpoint_warm_starts_from_the_shipped_onnx(tiny_dirs, t
     assert any(str(line.get("warm_start", "")).endswith("model.int8.onnx") for line in lines)
 
 
+def test_a_job_whose_checkpoint_is_gone_trains_only_the_steps_the_shipped_model_has_not_seen(tiny_dirs, tmp_path):
+    from build_tools.onnx_export import export_onnx, quantize_int8
+    from build_tools.train_reader import export_snapshot
+
+    base = tiny_dirs["reader"]
+    straight = train(base, tmp_path / "straight", "--warm-start", "none")
+    total = straight[0]["total_steps"]
+    train(base, tmp_path / "first", "--warm-start", "none", "--time-budget-min", "0.00001")
+    export_snapshot(tmp_path / "first" / "checkpoint.pt", base, tmp_path / "snapshot")
+    record = json.loads((tmp_path / "snapshot" / "training.json").read_text())
+    assert 0 < record["steps"] < total
+    shipped = tmp_path / "shipped"  # as export-reader ships it: int8 ONNX, the run's record in the manifest
+    shipped.mkdir()
+    snapshot = transformers.BertForQuestionAnswering.from_pretrained(tmp_path / "snapshot")
+    with torch.no_grad():  # a tiny model one step from its init has equal tensors, which the export would merge
+        for p in snapshot.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    export_onnx(snapshot, shipped / "model.onnx", ["start_logits", "end_logits"])
+    quantize_int8(shipped / "model.onnx", shipped / "model.int8.onnx")
+    (shipped / "model.onnx").unlink()
+    (shipped / "manifest.json").write_text(json.dumps({"source": {"training": record}}))
+
+    lines = train(base, tmp_path / "job", "--warm-start", str(shipped))
+    assert next(line["continues_at_step"] for line in lines if "continues_at_step" in line) == record["steps"]
+    final = json.loads((tmp_path / "job" / "final" / "training.json").read_text())
+    assert final["steps"] == total and len(final["sessions"]) == len(record["sessions"]) + 1
+    assert final["windows_trained"] == json.loads((tmp_path / "straight" / "final" / "training.json").read_text())[
+        "windows_trained"]
+
+    other = train(base, tmp_path / "other", "--warm-start", str(shipped), "--epochs", "3")  # another schedule
+    assert not any("continues_at_step" in line for line in other)
+    assert other[-1]["steps"] == other[0]["total_steps"] > total
+
+
 def test_a_continuation_starts_from_another_jobs_final_weights_and_adds_made_unanswerables(tiny_dirs, tmp_path):
     from build_tools.train_reader import warm_start
 
