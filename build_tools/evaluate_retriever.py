@@ -6,6 +6,7 @@ a grid of RRF constants and dense weights (reported, not chosen here: tune-fusio
 held-in data)."""
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,36 @@ def squad_pool(data: Path, distractors: Sequence[Path] = (), limit: int = 0,
     return Pool(name or Path(data).name, texts, [ex.question for ex in examples],
                 [frozenset([position[ex.context]]) for ex in examples], groups=[ex.title for ex in examples],
                 info=info)
+
+
+def is_qa_pairs(data: Path) -> bool:
+    """A JSON list of question/answer rows (MedicationQA, MedQuAD pairs) rather than SQuAD."""
+    if Path(data).suffix == ".gz":  # SQuAD train
+        return False
+    rows = json.loads(Path(data).read_text(encoding="utf-8"))
+    return isinstance(rows, list) and bool(rows) and isinstance(rows[0], dict)
+
+
+def qa_pairs_pool(data: Path, limit: int = 0, name: str | None = None) -> Pool:
+    """Every answer of a question/answer list as a passage (identical answers pooled once); each
+    question's gold is every answer given to it (a question asked twice has both). Keys
+    "question"/"answer" in any case (MedicationQA writes "Question"/"Answer"); rows without an
+    answer are left out. The group of a question is its row's focus (the drug) when it has one."""
+    rows = [{k.lower(): v for k, v in row.items()} for row in json.loads(Path(data).read_text(encoding="utf-8"))]
+    rows = [r for r in rows if str(r.get("question") or "").strip() and str(r.get("answer") or "").strip()]
+    texts = list(dict.fromkeys(r["answer"].strip() for r in rows))
+    position = {text: i for i, text in enumerate(texts)}
+    answers: dict[str, set[int]] = {}
+    groups: dict[str, str] = {}
+    for r in rows:
+        question = r["question"].strip()
+        answers.setdefault(question, set()).add(position[r["answer"].strip()])
+        groups.setdefault(question, str(r.get("focus (drug)") or r.get("focus") or ""))
+    questions = list(answers)[: limit or None]
+    info = {"data": str(data), "paragraphs_of_file": len(texts), "distractors": [],
+            "pool": "every answer of the file"}
+    return Pool(name or Path(data).name, texts, questions, [frozenset(answers[q]) for q in questions],
+                groups=[groups[q] for q in questions], info=info)
 
 
 def open_encoder(config: Config, model: Path | None = None, onnx: str | None = None) -> tuple[SentenceEncoder, Path]:

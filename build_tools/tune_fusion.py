@@ -9,8 +9,9 @@ setting stays unless the best of the grid beats it by more than --margin on that
 
 Reported: dev-42 (all questions, and the test articles alone), the KB test split, and
 out-of-domain files nothing here is trained or tuned on (by default NQ-QED dev: real search
-queries over 1,343 Wikipedia paragraphs; --ood FILE+OTHER widens FILE's pool with OTHER's
-paragraphs as distractors): dense, BM25,
+queries over 1,343 Wikipedia paragraphs, and MedicationQA: 651 distinct consumers' questions
+about their medicines over its 653 distinct answers; --ood FILE+OTHER widens a SQuAD-format FILE's pool with OTHER's
+paragraphs as distractors; a JSON list of question/answer rows is pooled by its answers): dense, BM25,
 the shipped retriever (the config's [retriever] section, searched one question at a time as the
 appliance does), the fusion at the shipped weights and at the chosen ones. With
 --heading-variants also KB top-1/top-5 with and without the heading path in the text each
@@ -27,8 +28,8 @@ from pathlib import Path
 
 from appliance.config import Config, IngestConfig, RetrieverConfig, load_config
 from appliance.index import IndexSummary, collect_passages
-from build_tools.evaluate_retriever import (DENSE_WEIGHTS, RRF_KS, Pool, Ranked, fuse, open_encoder, rank, recalls,
-                                            squad_pool)
+from build_tools.evaluate_retriever import (DENSE_WEIGHTS, RRF_KS, Pool, Ranked, fuse, is_qa_pairs, open_encoder,
+                                            qa_pairs_pool, rank, recalls, squad_pool)
 from build_tools.paths import PROJECT_ROOT, SHARED_DATA, SQUAD_DIR
 from build_tools.selective import load_questions
 
@@ -37,10 +38,13 @@ DEFAULT_SQUAD = SQUAD_DIR / "dev-v1.1-42-articles.json"
 DEFAULT_KB = PROJECT_ROOT / "knowledge"
 DEFAULT_QUESTIONS = PROJECT_ROOT / "tests" / "data" / "kb_eval.json"
 EXTRA = SHARED_DATA / "qa-extra"
+# MedicationQA (MedInfo 2019): real consumers' questions about their medicines, each against every
+# answer of the set; nothing of it is in the retriever's training data (MedQuAD's questions are
+# NIH-written and share no question or answer with it).
 # PolicyQA is not used by default: its questions are generic ("what information do you collect?")
 # and each of its 20 privacy policies answers them, so the one gold paragraph is one of many right
 # ones (dense and BM25 alike find it in the first 5 for 2% of the questions).
-DEFAULT_OOD = [str(EXTRA / "nq-qed-dev.squad.json")]
+DEFAULT_OOD = [str(EXTRA / "nq-qed-dev.squad.json"), str(SHARED_DATA / "medical" / "medication-qa.json")]
 
 
 def is_tune_article(title: str) -> bool:
@@ -131,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kb", type=Path, default=DEFAULT_KB)
     p.add_argument("--questions", type=Path, default=DEFAULT_QUESTIONS, help="KB questions with tune/test splits")
     p.add_argument("--ood", nargs="*", default=DEFAULT_OOD,
-                   help="out-of-domain SQuAD-format files; FILE+OTHER adds OTHER's paragraphs to FILE's pool "
-                        "as distractors (default: NQ-QED dev)")
+                   help="out-of-domain SQuAD-format files (FILE+OTHER adds OTHER's paragraphs to FILE's pool "
+                        "as distractors) or question/answer lists (default: NQ-QED dev, MedicationQA)")
     p.add_argument("--model", type=Path, default=None, help="retriever model dir (default: the config's)")
     p.add_argument("--config", type=Path, default=None, help="appliance TOML (default: the shipped configuration)")
     p.add_argument("--margin", type=float, default=0.005,
@@ -171,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         results[pool.name] = describe(pool, ranked, shipped, chosen, also)
     for spec in args.ood:
         data, *distractors = [Path(f) for f in spec.split("+")]
-        pool = squad_pool(data, distractors, limit=args.limit)
+        pool = qa_pairs_pool(data, limit=args.limit) if is_qa_pairs(data) else \
+            squad_pool(data, distractors, limit=args.limit)
         widened = " + " + ", ".join(d.name for d in distractors) if distractors else ""
         results[f"{data.name} (out of domain, full pool{widened})"] = {
             **describe(pool, rank(pool, encoder, shipped), shipped, chosen, also),

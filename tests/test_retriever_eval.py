@@ -10,7 +10,7 @@ from conftest import DATA, run_cli
 
 from appliance.config import Config, RetrieverConfig
 from appliance.retriever import reciprocal_rank_fusion
-from build_tools.evaluate_retriever import Pool, Ranked, fuse, recalls, squad_pool
+from build_tools.evaluate_retriever import Pool, Ranked, fuse, is_qa_pairs, qa_pairs_pool, recalls, squad_pool
 from build_tools.tune_fusion import choose, is_tune_article
 
 POOL = DATA / "tiny-squad-pool.json"  # Kettle (test article, one paragraph without questions), Boiler (tune)
@@ -27,6 +27,33 @@ def test_the_pool_holds_every_paragraph_and_the_distractors():
     assert len(widened.texts) == 8 and widened.gold == pool.gold
     assert widened.info["distractors"] == [{"file": str(TINY), "paragraphs": 3}, {"file": str(POOL), "paragraphs": 0}]
     assert pool.groups == ["Kettle"] * 3 + ["Boiler"] * 3
+
+
+MEDICATION_ROWS = [  # MedicationQA's shape: one row per answer, a question may have several
+    {"Question": "can I drink alcohol with metformin?", "Focus (Drug)": "metformin",
+     "Answer": "Avoid drinking large amounts of alcohol while taking metformin."},
+    {"Question": "can I drink alcohol with metformin?", "Focus (Drug)": "metformin",
+     "Answer": "Alcohol raises the risk of lactic acidosis."},
+    {"Question": "does metformin interact with beer", "Focus (Drug)": "metformin",
+     "Answer": "Alcohol raises the risk of lactic acidosis."},
+    {"Question": "what is warfarin for", "Focus (Drug)": "warfarin",
+     "Answer": "Warfarin prevents blood clots from forming or growing larger."},
+    {"Question": "is there an answer?", "Focus (Drug)": "none", "Answer": ""},
+]
+
+
+def test_a_question_answer_list_pools_its_answers_and_every_answer_a_question_was_given(tmp_path):
+    data = tmp_path / "medication.json"
+    data.write_text(json.dumps(MEDICATION_ROWS))
+    pool = qa_pairs_pool(data)
+    assert is_qa_pairs(data) and not is_qa_pairs(POOL)
+    assert len(pool.texts) == 3  # the shared answer once, the empty one left out
+    assert pool.questions == ["can I drink alcohol with metformin?", "does metformin interact with beer",
+                              "what is warfarin for"]
+    shared = pool.texts.index("Alcohol raises the risk of lactic acidosis.")
+    assert pool.gold[0] == {0, shared} and pool.gold[1] == {shared} and pool.gold[2] == {2}
+    assert pool.groups == ["metformin", "metformin", "warfarin"]
+    assert len(qa_pairs_pool(data, limit=1).questions) == 1
 
 
 def test_recall_counts_any_gold_passage_and_fusion_is_the_appliances():
@@ -89,8 +116,11 @@ def test_tune_fusion_chooses_on_tune_data_and_reports_the_rest(tmp_path):
         {"id": "o1", "question": "who won the cup?", "kind": "off-topic", "split": "test"}]}
     qfile = tmp_path / "questions.json"
     qfile.write_text(json.dumps(questions))
+    medication = tmp_path / "medication.json"
+    medication.write_text(json.dumps(MEDICATION_ROWS))
     result = run_cli("build_tools", "tune-fusion", "--squad", str(POOL), "--kb", str(kb), "--questions", str(qfile),
-                     "--ood", f"{TINY}+{POOL}", "--heading-variants", "--out", str(tmp_path / "report.json"))
+                     "--ood", f"{TINY}+{POOL}", str(medication), "--heading-variants",
+                     "--out", str(tmp_path / "report.json"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["choice"]["tune_sets"] == ["tiny-squad-pool.json tune articles (3 questions)",
@@ -100,6 +130,8 @@ def test_tune_fusion_chooses_on_tune_data_and_reports_the_rest(tmp_path):
     assert results["KB test split"]["questions"] == 1 and results["KB test split"]["passages"] == 4
     ood = results["tiny-squad.json (out of domain, full pool + tiny-squad-pool.json)"]
     assert ood["passages"] == 8 and ood["distractors"][0]["paragraphs"] == 5
+    pairs = results["medication.json (out of domain, full pool)"]
+    assert pairs["passages"] == 3 and pairs["questions"] == 3 and pairs["dense"]["R@5"] == 1.0
     for part in results.values():
         assert {"dense", "bm25", "shipped_retriever", "fused_shipped", "fused_chosen"} <= set(part)
     assert set(report["kb_heading_path"]) == {"dense with, bm25 with", "dense without, bm25 without",
