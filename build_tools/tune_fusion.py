@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         results[pool.name] = describe(pool, ranked, shipped, chosen, also)
     for spec in args.ood:
         data, *distractors = [Path(f) for f in spec.split("+")]
-        pool = qa_pairs_pool(data, limit=args.limit) if is_qa_pairs(data) else \
+        pool = qa_pairs_pool(data) if is_qa_pairs(data) else \
             squad_pool(data, distractors, limit=args.limit)
         widened = " + " + ", ".join(d.name for d in distractors) if distractors else ""
         results[f"{data.name} (out of domain, full pool{widened})"] = {
