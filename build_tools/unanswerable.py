@@ -39,13 +39,22 @@ _NOT_NAMES = {"What", "Who", "Whom", "Whose", "When", "Where", "Which", "Why", "
               "According", "After", "Before", "During", "Along", "Besides", "If", "Other", "As", "Can", "Could"}
 
 
+def _follows_sentence_end(text: str, at: int) -> bool:
+    """text[at] comes after a sentence's end mark and nothing but white space (read backwards from
+    ``at``: a regex over the whole prefix made name-finding quadratic in the paragraph's length)."""
+    i = at - 1
+    while i >= 0 and text[i].isspace():
+        i -= 1
+    return i >= 0 and text[i] in '.!?"“'
+
+
 def names_in(text: str) -> list[str]:
     """Capitalised names in a text. A sentence's first word is capitalised anyway, so a name that
     starts a sentence is taken only from its second word on (\"Scholars\" is not a name)."""
     found = []
     for m in _NAME.finditer(text):
         words = m.group(0).split()
-        at_sentence_start = m.start() == 0 or re.search(r"[.!?\"“]\s*$", text[: m.start()]) is not None
+        at_sentence_start = m.start() == 0 or _follows_sentence_end(text, m.start())
         if at_sentence_start:
             words = words[1:]
         while words and words[0] in _NOT_NAMES:
@@ -55,18 +64,33 @@ def names_in(text: str) -> list[str]:
     return found
 
 
-def _absent(phrase: str, context: str) -> bool:
-    return re.search(r"(?<!\w)" + re.escape(phrase.lower()) + r"(?!\w)", context.lower()) is None
+def _is_word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"  # what a regex's \w matches
+
+
+def _absent(phrase: str, lowered: str) -> bool:
+    """``phrase`` is not a word or words of ``lowered`` (a text lower-cased once by the caller).
+    Plain string search with the word-boundary test done by hand: a regex per phrase meant
+    hundreds of thousands of compilations (most of the time it took to make the questions)."""
+    phrase = phrase.lower()
+    at = lowered.find(phrase)
+    while at >= 0:
+        end = at + len(phrase)
+        if (at == 0 or not _is_word_char(lowered[at - 1])) and (end == len(lowered) or not _is_word_char(lowered[end])):
+            return False
+        at = lowered.find(phrase, at + 1)
+    return True
 
 
 def swap_name(question: str, context: str, candidates: list[str], rng: random.Random) -> str | None:
     """A name the question shares with the paragraph, replaced by a name of the same article the
     paragraph does not mention (same topic, so only the name gives it away)."""
+    context, lowered_question = context.lower(), question.lower()
     shared = [n for n in names_in(question) if not _absent(n, context)]
     if not shared:
         return None
     tried = rng.sample(candidates, min(60, len(candidates)))  # a sample: articles name hundreds
-    pool = [c for c in tried if _absent(c, context) and _absent(c, question)]
+    pool = [c for c in tried if _absent(c, context) and _absent(c, lowered_question)]
     if not pool:
         return None
     old = rng.choice(shared)
@@ -76,6 +100,7 @@ def swap_name(question: str, context: str, candidates: list[str], rng: random.Ra
 
 def swap_number(question: str, context: str, rng: random.Random) -> str | None:
     """A number or year the question shares with the paragraph, moved to one it does not mention."""
+    context = context.lower()
     shared = [m for m in _NUMBER.finditer(question) if not _absent(m.group(0), context)]
     if not shared:
         return None
@@ -96,6 +121,7 @@ def swap_number(question: str, context: str, rng: random.Random) -> str | None:
 
 def swap_antonym(question: str, context: str, rng: random.Random) -> str | None:
     """A word of the question replaced by its opposite, when the paragraph never uses the opposite."""
+    context = context.lower()
     words = [m for m in _WORD.finditer(question) if m.group(0).lower() in ANTONYMS]
     rng.shuffle(words)
     for m in words:
@@ -112,10 +138,15 @@ def synthetic_unanswerables(examples: list[SquadExample], share: float, seed: in
     no-answer; the rules are tried in a random order and a question none applies to is skipped."""
     rng = random.Random(seed)
     article_names: dict[str, dict[str, None]] = {}
-    for ex in examples:
-        names = article_names.setdefault(ex.title, {})
-        for n in names_in(ex.context):
+    for title, context in dict.fromkeys((ex.title, ex.context) for ex in examples):  # each paragraph once
+        names = article_names.setdefault(title, {})
+        for n in names_in(context):
             names[n] = None
+    listed: dict[str, list[str]] = {}
+
+    def candidates(title: str) -> list[str]:
+        return listed.setdefault(title, list(article_names[title]))
+
     made = []
     for ex in examples:
         if ex.is_impossible or rng.random() >= share:
@@ -124,7 +155,7 @@ def synthetic_unanswerables(examples: list[SquadExample], share: float, seed: in
         rng.shuffle(rules)
         for rule in rules:
             if rule == "name":
-                new = swap_name(ex.question, ex.context, list(article_names[ex.title]), rng)
+                new = swap_name(ex.question, ex.context, candidates(ex.title), rng)
             elif rule == "number":
                 new = swap_number(ex.question, ex.context, rng)
             else:

@@ -67,3 +67,16 @@ def test_made_questions_are_labelled_no_answer_over_their_own_paragraph():
         assert ex.question != source.question
     assert [ex.question for ex in synthetic_unanswerables(examples, 1.0, seed=3)] == [ex.question for ex in made]
     assert synthetic_unanswerables(examples, 0.0, seed=3) == []
+
+
+def test_a_phrase_counts_as_present_only_as_whole_words_in_any_case():
+    from build_tools.unanswerable import _absent
+
+    text = "Bruce Leeds paid 21,000 dollars in 1990; the house was sold by Lee."
+    assert _absent("Lee", text.lower()) is False  # "by Lee." at the end
+    assert _absent("Bruce Lee", text.lower()) is True  # only inside "Bruce Leeds"
+    assert _absent("1,000", text.lower()) is True  # only inside "21,000"
+    assert _absent("21,000", text.lower()) is False
+    assert _absent("HOUSE", text.lower()) is False
+    assert _absent("sold by lee.", text.lower()) is False
+    assert _absent("19", text.lower()) is True
