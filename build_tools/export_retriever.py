@@ -23,6 +23,18 @@ def parity_texts(n: int) -> list[str]:
     return texts
 
 
+def blend_with_stock(model, weight: float) -> None:
+    """Move every weight ``weight`` of the way back to the stock model's (same architecture)."""
+    import torch
+    from transformers import AutoModel
+
+    stock = AutoModel.from_pretrained(minilm_dir()).state_dict()
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                value.mul_(1 - weight).add_(stock[name], alpha=weight)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="build_tools export-retriever", description=__doc__)
     p.add_argument("--base", default=None, help="HF model dir (default: the MiniLM-L6 package)")
@@ -30,7 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fp32-out", default="build/retriever-fp32", help="where the fp32 ONNX is kept")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--parity-samples", type=int, default=400)
+    p.add_argument("--blend-stock", type=float, default=0.0, metavar="W",
+                   help="ship (1-W)·fine-tuned + W·stock all-MiniLM-L6-v2 weights (weight-space ensembling, "
+                        "Wortsman et al. 2022: keeps more of the stock model's breadth off the training data)")
     args = p.parse_args(argv)
+    if not 0.0 <= args.blend_stock <= 1.0:
+        p.error("--blend-stock must be between 0 and 1")
 
     import torch
     from transformers import AutoModel
@@ -44,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
         record = json.loads((base / "training.json").read_text())
         source["fine_tuned"] = {"by": "python -m build_tools train-retriever", "from": str(base),
                                 **{k: v for k, v in record.items() if k != "base"}}
+    if args.blend_stock:
+        blend_with_stock(model, args.blend_stock)
+        source.setdefault("fine_tuned", {})["blend_stock"] = args.blend_stock
     feeds = text_feeds(base / "tokenizer.json", parity_texts(args.parity_samples), args.max_length)
     manifest = export_model(model, "retriever", Path(args.fp32_out), base / "tokenizer.json", rebuild=REBUILD,
                             extra={"source": source}, int8_out=out, parity_feeds=feeds)

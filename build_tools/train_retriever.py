@@ -267,7 +267,10 @@ def warm_start(model, source: Path, record: dict, scheduler) -> tuple[int, dict]
     from build_tools.onnx_import import load_onnx_weights
 
     onnx_files = sorted(source.glob("*.onnx")) if source.is_dir() else []
-    if not shipped_training(source) or not onnx_files:
+    trained = shipped_training(source)
+    if not trained or not onnx_files:
+        return 0, {**record, "warm_start": record["base"]}
+    if trained.get("blend_stock"):  # averaged with the stock weights: not a point of any run's schedule
         return 0, {**record, "warm_start": record["base"]}
     load_onnx_weights(model, onnx_files[0], unused=("pooler.",))
     record = {**record, "warm_start": str(onnx_files[0])}

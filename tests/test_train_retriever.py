@@ -94,6 +94,27 @@ def test_a_job_whose_checkpoint_is_gone_goes_on_from_the_step_the_shipped_retrie
     assert any(line.get("warm_start") == str(base) for line in lines)
     assert not any("continues_at_step" in line for line in lines)
 
+    # nor is one averaged with the stock weights (export-retriever --blend-stock): not a point of the schedule
+    (stock / "manifest.json").write_text(json.dumps({"source": {"fine_tuned": {**reached, "blend_stock": 0.5}}}))
+    lines = train(base, tmp_path / "blended", "--warm-start", str(stock), "--max-steps", "1")
+    assert any(line.get("warm_start") == str(base) for line in lines)
+    assert not any("continues_at_step" in line for line in lines)
+
+
+def test_blending_moves_every_weight_part_of_the_way_back_to_the_stock_model():
+    from build_tools.export_retriever import blend_with_stock
+    from build_tools.paths import minilm_dir
+
+    stock = transformers.BertModel.from_pretrained(minilm_dir())
+    tuned = transformers.BertModel.from_pretrained(minilm_dir())
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(1.0)
+    blend_with_stock(tuned, 0.25)
+    for (name, a), (_, b) in zip(tuned.state_dict().items(), stock.state_dict().items()):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b + 0.75, msg=name)
+
 
 def test_a_share_of_squad_paragraphs_carry_their_articles_title_as_the_box_indexes_passages():
     from build_tools.squad import load_squad
