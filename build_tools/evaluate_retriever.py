@@ -89,11 +89,12 @@ def squad_pool(data: Path, distractors: Sequence[Path] = (), limit: int = 0,
 
 
 def is_qa_pairs(data: Path) -> bool:
-    """A JSON list of question/answer rows (MedicationQA, MedQuAD pairs) rather than SQuAD."""
+    """A JSON list of question/answer rows (MedicationQA, MedQuAD pairs) rather than a SQuAD
+    object: told by the first character, so the file is parsed once, by its pool."""
     if Path(data).suffix == ".gz":  # SQuAD train
         return False
-    rows = json.loads(Path(data).read_text(encoding="utf-8"))
-    return isinstance(rows, list) and bool(rows) and isinstance(rows[0], dict)
+    with open(data, encoding="utf-8") as fh:
+        return fh.read(4096).lstrip().startswith("[")
 
 
 def qa_pairs_pool(data: Path, limit: int = 0, name: str | None = None) -> Pool:

@@ -268,9 +268,8 @@ def warm_start(model, source: Path, record: dict, scheduler) -> tuple[int, dict]
 
     onnx_files = sorted(source.glob("*.onnx")) if source.is_dir() else []
     trained = shipped_training(source)
-    if not trained or not onnx_files:
-        return 0, {**record, "warm_start": record["base"]}
-    if trained.get("blend_stock"):  # averaged with the stock weights: not a point of any run's schedule
+    # a model blended with the stock weights (export-retriever --blend-stock) is no point of any schedule
+    if not trained or not onnx_files or trained.get("blend_stock"):
         return 0, {**record, "warm_start": record["base"]}
     load_onnx_weights(model, onnx_files[0], unused=("pooler.",))
     record = {**record, "warm_start": str(onnx_files[0])}

@@ -10,8 +10,9 @@ setting stays unless the best of the grid beats it by more than --margin on that
 Reported: dev-42 (all questions, and the test articles alone), the KB test split, and
 out-of-domain files nothing here is trained or tuned on (by default NQ-QED dev: real search
 queries over 1,343 Wikipedia paragraphs, and MedicationQA: 651 distinct consumers' questions
-about their medicines over its 653 distinct answers; --ood FILE+OTHER widens a SQuAD-format FILE's pool with OTHER's
-paragraphs as distractors; a JSON list of question/answer rows is pooled by its answers): dense, BM25,
+about their medicines over its 653 distinct answers; --ood FILE+OTHER widens a SQuAD-format
+FILE's pool with OTHER's paragraphs as distractors; a JSON list of question/answer rows is
+pooled by its answers): dense, BM25,
 the shipped retriever (the config's [retriever] section, searched one question at a time as the
 appliance does), the fusion at the shipped weights and at the chosen ones. With
 --heading-variants also KB top-1/top-5 with and without the heading path in the text each
@@ -175,8 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         results[pool.name] = describe(pool, ranked, shipped, chosen, also)
     for spec in args.ood:
         data, *distractors = [Path(f) for f in spec.split("+")]
-        pool = qa_pairs_pool(data) if is_qa_pairs(data) else \
-            squad_pool(data, distractors, limit=args.limit)
+        pool = qa_pairs_pool(data) if is_qa_pairs(data) else squad_pool(data, distractors, limit=args.limit)
         widened = " + " + ", ".join(d.name for d in distractors) if distractors else ""
         results[f"{data.name} (out of domain, full pool{widened})"] = {
             **describe(pool, rank(pool, encoder, shipped), shipped, chosen, also),

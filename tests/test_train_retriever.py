@@ -23,8 +23,8 @@ MEDQUAD = DATA / "tiny-medquad.json"
 def train(base, out, *extra: str) -> list[dict]:
     return run_training_job("train-retriever", "--base", str(base), "--squad", str(SQUAD),
                             str(DATA / "tiny-squad.json"), "--medquad", str(MEDQUAD), "--out", str(out),
-                            "--batch-size", "3", "--epochs", "2", "--bf16", "off", "--threads", "1", "--warm-start", "none",
-                            *extra)
+                            "--batch-size", "3", "--epochs", "2", "--bf16", "off", "--threads", "1",
+                            "--warm-start", "none", *extra)
 
 
 def test_a_stopped_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(tiny_dirs, tmp_path):
