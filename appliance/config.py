@@ -51,6 +51,7 @@ class ReaderConfig:
     max_answer_tokens: int = 30
     threshold: float = 0.15  # below this confidence the box says "I don't know" (see README, Results)
     rank_weight: float = 2.0  # passage choice: confidence / rank**rank_weight (0 = confidence alone)
+    shared_norm: bool = False  # the model was trained with shared normalisation: one softmax over a question's passages
     threads: int = 2
 
 

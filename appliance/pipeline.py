@@ -11,7 +11,7 @@ from appliance.config import AskConfig, ReaderConfig
 from appliance.errors import BadQuestionError
 from appliance.index import IndexVersion
 from appliance.ingest import split_sentences
-from appliance.reader import Reader, SpanPrediction
+from appliance.reader import Reader, SpanPrediction, shared_confidences
 from appliance.retriever import Hit, Retriever
 from appliance.schema import Answer, Passage, Source
 
@@ -88,6 +88,8 @@ class QAPipeline:
         t1 = time.perf_counter()
         passages = [self.index.passages[h.index] for h in hits]
         predictions = self.reader.predict([(question, p.text) for p in passages])
+        if self.reader.shared_norm:
+            predictions = shared_confidences(predictions)
         t2 = time.perf_counter()
         features: list[dict[str, float] | None] = [None] * len(predictions)
         if self.calibrator is not None if with_features is None else with_features:

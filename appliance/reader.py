@@ -4,10 +4,15 @@ Each passage is cut into overlapping windows; in every window the start and end 
 are softmaxes over [CLS] plus the context tokens, so probability mass on [CLS] means "no answer
 here". A span's confidence is P(start) * P(end) in its window: low when the model prefers
 [CLS] or is torn between spans, which is what the abstention threshold needs.
+
+A reader trained with shared normalisation (``reader.shared_norm``; build_tools/shared_norm.py)
+learnt one softmax across all windows of all the passages of a question: its spans are then
+chosen by their raw logits and their confidence is normalised over every window of the question
+(``shared_confidences``), [CLS] of every window together meaning "no passage answers".
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +20,21 @@ import numpy as np
 from appliance.config import ReaderConfig
 from appliance.model_dir import ModelDir
 from appliance.windows import Window, load_tokenizer, make_windows
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Log-sums of exp(logit) over the positions a span may start (end) at, and over the [CLS]
+    positions, in some windows: what normalising across windows needs."""
+
+    start: float
+    end: float
+    null_start: float
+    null_end: float
+
+    def plus(self, other: Partition) -> Partition:
+        return Partition(*np.logaddexp((self.start, self.end, self.null_start, self.null_end),
+                                       (other.start, other.end, other.null_start, other.null_end)).tolist())
 
 
 @dataclass(frozen=True)
@@ -28,6 +48,12 @@ class SpanPrediction:
     span_score: float = 0.0  # start + end logit: unnormalised, so comparable across windows
     null_score: float = 0.0  # start + end logit of [CLS]
     runner_up: float = 0.0  # P(start) * P(end) of the window's second-best span
+    partition: Partition | None = None  # over every window of its pair
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    top = x.max()
+    return float(top + np.log(np.exp(x - top).sum()))
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -44,6 +70,7 @@ class WindowSpan:
     span_score: float
     null_score: float
     runner_up: float
+    partition: Partition
 
 
 def best_span(start_logits: np.ndarray, end_logits: np.ndarray, window: Window,
@@ -68,9 +95,24 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, window: Window,
     top2 = top2[np.argsort(-flat[top2])]
     start, end = divmod(int(top2[0]), n)
     runner_up = float(np.exp(flat[top2[1]])) if len(top2) > 1 and np.isfinite(flat[top2[1]]) else 0.0
+    partition = Partition(_logsumexp(s), _logsumexp(e), float(start_logits[0]), float(end_logits[0]))
     return WindowSpan(start, end, float(np.exp(scores[start, end])), no_answer,
                       float(start_logits[start] + end_logits[end]), float(start_logits[0] + end_logits[0]),
-                      runner_up)
+                      runner_up, partition)
+
+
+def shared_confidences(predictions: list[SpanPrediction | None]) -> list[SpanPrediction | None]:
+    """The predictions of one question's passages with confidence and no-answer probability
+    normalised over all their windows together (for a reader trained with shared normalisation)."""
+    parts = [p.partition for p in predictions if p is not None and p.partition is not None]
+    if not parts:
+        return predictions
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.plus(part)
+    no_answer = float(np.exp(total.null_start - total.start + total.null_end - total.end))
+    return [None if p is None else replace(p, confidence=float(np.exp(p.span_score - total.start - total.end)),
+                                           no_answer=no_answer) for p in predictions]
 
 
 class Reader:
@@ -83,12 +125,16 @@ class Reader:
         self.tokenizer = load_tokenizer(self.files.file("tokenizer"))
         self.session = self.files.session(config.threads, onnx_name)
         self.max_length, self.stride, self.max_answer_tokens = config.max_length, config.stride, config.max_answer_tokens
+        self.shared_norm = config.shared_norm
 
     def predict(self, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[SpanPrediction | None]:
-        """Best span for every pair (None when no window has a context token)."""
+        """Best span for every pair (None when no window has a context token). With shared
+        normalisation the span with the highest logits of all the pair's windows, its confidence
+        normalised over them all."""
         windows = [(p, w) for p, ws in enumerate(make_windows(self.tokenizer, pairs, self.max_length, self.stride))
                    for w in ws]
         best: list[SpanPrediction | None] = [None] * len(pairs)
+        partitions: list[Partition | None] = [None] * len(pairs)
         order = sorted(range(len(windows)), key=lambda k: len(windows[k][1]))
         for b in range(0, len(order), batch_size):
             batch = [windows[k] for k in order[b : b + batch_size]]
@@ -97,14 +143,22 @@ class Reader:
                 found = best_span(s_logits, e_logits, window, self.max_answer_tokens)
                 if found is None:
                     continue
+                known = partitions[pair]
+                partitions[pair] = found.partition if known is None else known.plus(found.partition)
                 current = best[pair]
-                if current is None or found.confidence > current.confidence:
+                if current is None or self._better(found, current):
                     start_char = window.context_offsets[found.start][0]
                     end_char = window.context_offsets[found.end][1]
                     text = pairs[pair][1][start_char:end_char]
                     best[pair] = SpanPrediction(pair, start_char, end_char, text, found.confidence, found.no_answer,
                                                 found.span_score, found.null_score, found.runner_up)
-        return best
+        best = [None if b is None else replace(b, partition=partitions[b.pair]) for b in best]
+        return [shared_confidences([b])[0] for b in best] if self.shared_norm else best
+
+    def _better(self, found: WindowSpan, current: SpanPrediction) -> bool:
+        if self.shared_norm:
+            return found.span_score > current.span_score
+        return found.confidence > current.confidence
 
     def _run(self, windows: list[Window]) -> tuple[np.ndarray, np.ndarray]:
         width = max(len(w) for w in windows)

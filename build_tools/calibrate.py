@@ -106,7 +106,7 @@ def utility(records: list[Record], threshold: float, cost: float) -> float:
 
 
 def choose_threshold(tune_sets: list[list[Record]], cost: float) -> float:
-    grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
+    grid = np.round(np.arange(0.01, 0.96, 0.01), 2)
     scores = [np.mean([utility(s, t, cost) for s in tune_sets]) for t in grid]
     return float(grid[int(np.argmax(scores))])
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from appliance import runtime
-from appliance.config import Config
+from appliance.config import Config, load_config
 from appliance.reader import Reader, SpanPrediction
 from build_tools.evaluation_cli import evaluation_parser, run_evaluation
 from build_tools.squad import SquadExample, load_squad
@@ -82,11 +82,12 @@ def report(examples: list[SquadExample], predictions: list[SpanPrediction | None
 
 
 def evaluate(data: Path, model_dir: Path, onnx_name: str | None, limit: int, threshold: float | None,
-             articles: str | None = None) -> dict:
+             articles: str | None = None, config: Config | None = None) -> dict:
+    """The reader as ``config`` (default: the shipped one) sets it up, model from ``model_dir``."""
     examples = select_articles(load_squad(data), articles)
     if limit:
         examples = examples[:limit]
-    reader = runtime.open_reader(Config(), model_dir, onnx_name)
+    reader = runtime.open_reader(config or Config(), model_dir, onnx_name)
     started = time.time()
     predictions = predict_all(reader, examples)
     has_impossible = any(ex.is_impossible for ex in examples)
@@ -111,11 +112,15 @@ def select_articles(examples: list[SquadExample], articles: str | None) -> list[
 
 def main(argv: list[str] | None = None) -> None:
     p = evaluation_parser("build_tools evaluate-reader", __doc__, "models/reader")
-    p.add_argument("--threshold", type=float, default=Config().reader.threshold,
-                   help="abstention threshold for files with unanswerable questions")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="abstention threshold for files with unanswerable questions (default: the config's)")
     p.add_argument("--articles", default=None, help="only articles a:b of the file")
+    p.add_argument("--config", type=Path, default=None, help="appliance TOML whose [reader] settings to use")
     args = p.parse_args(argv)
-    run_evaluation(args, lambda: evaluate(args.data, args.model, args.onnx, args.limit, args.threshold, args.articles))
+    config = load_config(args.config) if args.config else Config()
+    threshold = config.reader.threshold if args.threshold is None else args.threshold
+    run_evaluation(args, lambda: evaluate(args.data, args.model, args.onnx, args.limit, threshold, args.articles,
+                                          config))
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.windows import Window
+
 
 @dataclass(frozen=True)
 class SquadExample:
@@ -65,3 +67,22 @@ def _articles(path: str | Path) -> list[dict]:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a readable SQuAD-format JSON file ({exc})") from exc
     return articles
+
+
+def label_window(window: Window, ex: SquadExample) -> tuple[int, int]:
+    """Token start/end of the first gold answer inside this window; (0, 0) = no answer here."""
+    if ex.is_impossible:
+        return 0, 0
+    start_char = ex.answer_starts[0]
+    end_char = start_char + len(ex.answers[0])
+    start_tok = end_tok = None
+    for i, off in enumerate(window.context_offsets):
+        if off is None:
+            continue
+        if start_tok is None and off[0] <= start_char < off[1]:
+            start_tok = i
+        if off[0] < end_char <= off[1]:
+            end_tok = i
+    if start_tok is None or end_tok is None or end_tok < start_tok:
+        return 0, 0
+    return start_tok, end_tok

@@ -25,6 +25,7 @@ class TorchReader(Reader):
         self.model = load_model(Path(checkpoint), "reader", attn="sdpa")
         self.tokenizer = load_tokenizer(Path(checkpoint) / "tokenizer.json")
         self.max_length, self.stride, self.max_answer_tokens = config.max_length, config.stride, config.max_answer_tokens
+        self.shared_norm = config.shared_norm
 
     def _run(self, windows):
         width = max(len(w) for w in windows)

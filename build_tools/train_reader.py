@@ -21,34 +21,16 @@ import numpy as np
 import torch
 
 from appliance.bm25 import BM25
-from appliance.windows import Window, load_tokenizer, make_windows
+from appliance.windows import load_tokenizer, make_windows
 from build_tools.compress.common import run_steps
 from build_tools.paths import DEFAULT_TRAIN_FILES, PROJECT_ROOT
-from build_tools.squad import SquadExample, load_squad
+from build_tools.shared_norm import build_groups, collate_groups, group_batches, shared_norm_loss
+from build_tools.squad import SquadExample, label_window, load_squad
 from build_tools.unanswerable import synthetic_unanswerables
 from build_tools.training import (JobProgress, add_job_arguments, advance_schedule, jemalloc_loaded, log_json,
                                   make_optimiser, resume, save_checkpoint, save_model_dir, shipped_position, start_job)
 
 SHIPPED_READER = PROJECT_ROOT / "models" / "reader"
-
-
-def label_window(window: Window, ex: SquadExample) -> tuple[int, int]:
-    """Token start/end of the first gold answer inside this window; (0, 0) = no answer here."""
-    if ex.is_impossible:
-        return 0, 0
-    start_char = ex.answer_starts[0]
-    end_char = start_char + len(ex.answers[0])
-    start_tok = end_tok = None
-    for i, off in enumerate(window.context_offsets):
-        if off is None:
-            continue
-        if start_tok is None and off[0] <= start_char < off[1]:
-            start_tok = i
-        if off[0] < end_char <= off[1]:
-            end_tok = i
-    if start_tok is None or end_tok is None or end_tok < start_tok:
-        return 0, 0
-    return start_tok, end_tok
 
 
 def build_features(examples: list[SquadExample], tokenizer, max_length: int, stride: int,
@@ -153,8 +135,8 @@ def warm_start(model, source: Path) -> str:
 # What makes two runs of the job the same schedule: the same windows, in the same order, at the same
 # rate (see training.shipped_position).
 SCHEDULE = ("features_per_epoch", "retrieved_negatives", "synthetic_unanswerables", "epochs", "planned_steps",
-            "max_length", "stride", "batch_size", "lr", "warmup", "keep_negative", "seed")
-RECORD_DEFAULTS = {"synthetic_unanswerables": 0, "warmup": 0.03, "seed": 13}  # fields older records lack
+            "max_length", "stride", "batch_size", "lr", "warmup", "keep_negative", "seed", "shared_norm")
+RECORD_DEFAULTS = {"synthetic_unanswerables": 0, "warmup": 0.03, "seed": 13, "shared_norm": 0}  # older records lack
 
 
 def export_snapshot(checkpoint: Path, base: Path, out: Path) -> None:
@@ -184,6 +166,11 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic-unanswerable", type=float, default=0.0,
                    help="share of answerable questions also asked changed (a name, number or word the paragraph "
                         "lacks) over their own paragraph, labelled no-answer (build_tools/unanswerable.py)")
+    p.add_argument("--shared-norm", type=int, default=0, metavar="PASSAGES",
+                   help="train each question over its paragraph and PASSAGES-1 BM25-retrieved ones of its article "
+                        "with one softmax across all their windows (build_tools/shared_norm.py; 0 = one window "
+                        "at a time, with --keep-negative and --retrieved-negatives)")
+    p.add_argument("--group-windows", type=int, default=8, help="at most this many windows per question (--shared-norm)")
 
 
 @dataclass(frozen=True)
@@ -193,9 +180,10 @@ class TrainingData:
     examples: int
     retrieved_negatives: int
     synthetic_unanswerables: int
-    features: list  # (input_ids, token_type_ids, start, end)
+    features: list  # (input_ids, token_type_ids, start, end), or shared_norm.Group per question
     steps_per_epoch: int
     batches: list[list[int]]  # every epoch's batches, one after the other
+    windows: int  # per epoch
 
 
 def training_data(args, tokenizer) -> TrainingData:
@@ -205,6 +193,8 @@ def training_data(args, tokenizer) -> TrainingData:
     random.Random(args.seed).shuffle(examples)
     if args.limit:
         examples = examples[: args.limit]
+    if getattr(args, "shared_norm", 0):
+        return grouped_training_data(args, tokenizer, examples)
     negatives = retrieved_negatives(examples, args.retrieved_negatives, args.seed)
     made = synthetic_unanswerables(examples, args.synthetic_unanswerable, args.seed) \
         if args.synthetic_unanswerable > 0 else []
@@ -213,7 +203,15 @@ def training_data(args, tokenizer) -> TrainingData:
     lengths = [len(f[0]) for f in features]
     return TrainingData(len(examples), len(negatives), len(made), features,
                         len(bucketed_batches(lengths, args.batch_size, args.seed)),
-                        epoch_batches(lengths, args.batch_size, args.seed, args.epochs))
+                        epoch_batches(lengths, args.batch_size, args.seed, args.epochs), len(features))
+
+
+def grouped_training_data(args, tokenizer, examples: list[SquadExample]) -> TrainingData:
+    """Shared normalisation: one group of windows per question, whole groups per batch."""
+    groups = build_groups(examples, tokenizer, args.max_length, args.stride, args.shared_norm, args.group_windows)
+    per_epoch = [group_batches(groups, args.batch_size, args.seed + 1000 * e) for e in range(args.epochs)]
+    return TrainingData(len(groups), 0, 0, groups, len(per_epoch[0]), [b for e in per_epoch for b in e],
+                        sum(len(g.windows) for g in groups))
 
 
 def parse_args(argv: list[str] | None):
@@ -241,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     total_steps = min(args.max_steps or len(batches), len(batches))
     log_json(examples=data.examples, retrieved_negatives=data.retrieved_negatives,
              synthetic_unanswerables=data.synthetic_unanswerables, features=len(features),
-             steps_per_epoch=data.steps_per_epoch, total_steps=total_steps, bf16=job.bf16, device=job.device,
+             windows=data.windows, steps_per_epoch=data.steps_per_epoch, total_steps=total_steps, bf16=job.bf16, device=job.device,
              jemalloc=jemalloc_loaded(), threads=args.threads, prep_s=round(time.time() - t0, 1), out=str(job.out))
 
     model = AutoModelForQuestionAnswering.from_pretrained(job.base, attn_implementation="sdpa",
@@ -252,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
               "synthetic_unanswerables": data.synthetic_unanswerables, "epochs": args.epochs, "planned_steps": total_steps,
               "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size, "lr": args.lr,
               "warmup": args.warmup, "keep_negative": args.keep_negative, "seed": args.seed,
-              "attention_dropout": args.attention_dropout, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
+              "attention_dropout": args.attention_dropout, "shared_norm": args.shared_norm,
+              "windows_per_epoch": data.windows, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
     step, record = resume(job.checkpoint, model, opt.optimizer, opt.scheduler, record)
     if not job.checkpoint.exists():
         record["warm_start"] = warm_start(model, Path(args.warm_start)) if args.warm_start != "none" else "base model"
@@ -268,7 +267,21 @@ def main(argv: list[str] | None = None) -> None:
     progress = JobProgress(record, step, data.steps_per_epoch, bf16=job.bf16, device=job.device,
                            jemalloc=jemalloc_loaded(), attention_dropout=args.attention_dropout)
 
+    def grouped_step(i: int) -> tuple[float, int]:
+        ids, types, mask, allowed, gold_start, gold_end, group_of = collate_groups(features, batches[i], job.device)
+        with torch.autocast(job.device, dtype=torch.bfloat16, enabled=job.bf16):
+            outputs = model(input_ids=ids, token_type_ids=types, attention_mask=mask)
+        n = len(batches[i])
+        loss = (shared_norm_loss(outputs.start_logits.float(), allowed, gold_start, group_of, n)
+                + shared_norm_loss(outputs.end_logits.float(), allowed, gold_end, group_of, n)) / 2
+        loss.backward()
+        opt.step()
+        progress.count(len(ids))
+        return loss.item(), len(ids)
+
     def train_step(i: int) -> tuple[float, int]:
+        if args.shared_norm:
+            return grouped_step(i)
         ids, types, mask, starts, ends = collate(features, batches[i], job.device)
         with torch.autocast(job.device, dtype=torch.bfloat16, enabled=job.bf16):
             outputs = model(input_ids=ids, token_type_ids=types, attention_mask=mask)

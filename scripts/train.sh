@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The training queue: one job at a time, in the order reader → retriever → student (the reader's
-# distilled student, from the reader job's final model). Each job lives in its
+# The training queue: one job at a time, in the order reader → reader-shared → retriever → student
+# (reader-shared: the reader job's final model trained on, each question over several passages with
+# one softmax across them, build_tools/shared_norm.py; student: the reader's distilled student, from
+# the reader job's final model). Each job lives in its
 # folder outside the repository (~/.cache/appliance/train/JOB, or $APPLIANCE_TRAIN_DIR/JOB) with
 # its checkpoints, log (train.log) and PID; a job is finished when its folder holds final/.
 #
@@ -8,8 +10,8 @@
 #                                 finishes, go on to the next (a job that is already running is
 #                                 waited for first). Extra arguments per job: READER_ARGS="…",
 #                                 RETRIEVER_ARGS="…", STUDENT_ARGS="…".
-#   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | retriever | student), ARGS to
-#                                 `python -m build_tools train-JOB`.
+#   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | reader-shared | retriever |
+#                                 student), ARGS to its `python -m build_tools train-…` command.
 #
 # Jobs run under nice (10: they still get a share beside foreground work; nice 19 starves them),
 # with jemalloc when available. Pause a job with kill -STOP "$(cat JOB/pid)", resume with -CONT;
@@ -19,7 +21,7 @@ set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 ROOT=${APPLIANCE_TRAIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/appliance/train}
-JOBS=(reader retriever student)
+JOBS=(reader reader-shared retriever student)
 mkdir -p "$ROOT"
 
 # No pipe here ends its reader early (grep -q, awk's exit): under pipefail the writer's SIGPIPE
@@ -48,15 +50,24 @@ setup() {  # jemalloc and the build extra, once (TRAIN_SETUP=0 skips this)
     .venv/bin/python -c "import torch, transformers" 2>/dev/null || .venv/bin/python -m pip install --quiet -e ".[build]"
 }
 
-launch() {  # launch JOB [ARGS]: start train-JOB in the background, PID in JOB/pid
+job_command() {  # job_command JOB: the build_tools command and fixed arguments of a job
+    case $1 in
+        reader-shared) echo "train-reader --warm-start $ROOT/reader/final --shared-norm 3 --lr 3e-5 --warmup 0.05 \
+--epochs 1 --max-steps 2000";;
+        *) echo "train-$1";;
+    esac
+}
+
+launch() {  # launch JOB [ARGS]: start the job's command in the background, PID in JOB/pid
     local job=$1; shift
     local dir="$ROOT/$job"
     mkdir -p "$dir"
     JEMALLOC=$(ldconfig -p 2>/dev/null | awk '/libjemalloc.so.2 / && !found {print $NF; found = 1}') || JEMALLOC=
     # jemalloc's default decay hands freed pages back at once; with batches of varying length that
     # turns into page faults (a third of the CPU time went to the kernel): keep them for a minute.
+    # shellcheck disable=SC2046  # the job command is words, split on purpose
     MALLOC_CONF=${MALLOC_CONF:-background_thread:true,dirty_decay_ms:60000,muzzy_decay_ms:60000} \
-    LD_PRELOAD=${JEMALLOC:-} nohup nice -n "${NICE:-10}" .venv/bin/python -m build_tools "train-$job" --out "$dir" "$@" \
+    LD_PRELOAD=${JEMALLOC:-} nohup nice -n "${NICE:-10}" .venv/bin/python -m build_tools $(job_command "$job") --out "$dir" "$@" \
         >>"$dir/train.log" 2>&1 &
     LAUNCHED=$!  # the queue waits for its own child with `wait`, not by reading its command line
     echo "$LAUNCHED" >"$dir/pid"
@@ -80,7 +91,7 @@ if [ "${1:-}" = "--queue" ]; then  # the queue itself, in the background
         if running "$job"; then
             echo "$(date -u +%FT%TZ) waiting for $job (PID $(cat "$ROOT/$job/pid"))"
         else
-            args_var="$(echo "$job" | tr a-z A-Z)_ARGS"
+            args_var="$(echo "$job" | tr a-z- A-Z_)_ARGS"
             # shellcheck disable=SC2086  # word splitting of the extra arguments is wanted
             launch "$job" ${!args_var:-}
         fi

@@ -208,6 +208,8 @@ def test_the_training_queue_runs_the_first_unfinished_job_then_the_next(tiny_dir
     root = tmp_path / "train"
     shutil.copytree(tiny_dirs["reader"], root / "reader" / "final")  # the reader's job has finished
     env = {**os.environ, "APPLIANCE_TRAIN_DIR": str(root), "QUEUE_POLL_S": "1", "TRAIN_SETUP": "0",
+           "READER_SHARED_ARGS": f"--base {tiny_dirs['reader']} --data {DATA / 'tiny-squad.json'} --batch-size 4 "
+                                 f"--bf16 off --threads 1 --max-steps 2",
            "RETRIEVER_ARGS": f"--base {tiny_dirs['retriever']} --squad {SQUAD} --medquad {MEDQUAD} --batch-size 3 "
                              f"--bf16 off --threads 1",
            "STUDENT_ARGS": f"--base {tiny_dirs['reader']} --data {DATA / 'tiny-squad.json'} --layers 1 "
@@ -215,12 +217,15 @@ def test_the_training_queue_runs_the_first_unfinished_job_then_the_next(tiny_dir
     started = subprocess.run([str(ROOT / "scripts" / "train.sh")], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=120)
     assert started.returncode == 0, started.stderr
-    assert "next job: retriever" in started.stdout
+    assert "next job: reader-shared" in started.stdout
     deadline = time.time() + 300
     while "every job has finished" not in (root / "queue.log").read_text() and time.time() < deadline:
         time.sleep(1)
     log = (root / "queue.log").read_text()
     assert "started retriever" in log and "retriever finished" in log and "every job has finished" in log
+    assert log.index("reader-shared finished") < log.index("started retriever")
+    shared = json.loads((root / "reader-shared" / "final" / "training.json").read_text())
+    assert shared["shared_norm"] == 3 and shared["warm_start"] == str(root / "reader" / "final" / "model.safetensors")
     assert log.index("retriever finished") < log.index("started student") < log.index("student finished")
     assert (root / "retriever" / "final" / "model.safetensors").exists()
     student = json.loads((root / "student" / "final" / "training.json").read_text())

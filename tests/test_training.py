@@ -47,6 +47,22 @@ def test_a_stopped_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(tin
         "windows_trained"]
 
 
+def test_a_shared_normalisation_job_resumes_and_ends_as_if_never_stopped(tiny_dirs, tmp_path):
+    base = tiny_dirs["reader"]
+    grouped = ("--warm-start", "none", "--shared-norm", "2", "--batch-size", "3")
+    straight = train(base, tmp_path / "straight", *grouped)
+    total = straight[0]["total_steps"]
+    assert straight[0]["windows"] >= straight[0]["features"] > 0  # questions, each one or more windows
+    train(base, tmp_path / "resumed", *grouped, "--time-budget-min", "0.00001")
+    second = train(base, tmp_path / "resumed", *grouped)
+    assert 0 < next(line["resumed_at_step"] for line in second if "resumed_at_step" in line) < total
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    for name in a:
+        np.testing.assert_allclose(a[name].numpy(), b[name].numpy(), atol=1e-5, err_msg=name)
+    record = json.loads((tmp_path / "resumed" / "final" / "training.json").read_text())
+    assert record["shared_norm"] == 2 and record["windows_trained"] == straight[0]["windows"] * 2  # two epochs
+
+
 def test_a_job_without_checkpoint_warm_starts_from_the_shipped_onnx(tiny_dirs, tmp_path):
     from build_tools.onnx_export import export_onnx, quantize_int8
     from build_tools.onnx_import import load_onnx_weights
