@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from appliance.bm25 import BM25
 from appliance.windows import make_windows
-from build_tools.squad import SquadExample, label_window
+from build_tools.squad import ArticleSearch, SquadExample, label_window
 
 
 @dataclass(frozen=True)
@@ -36,35 +35,13 @@ class Group:
         return max(len(w[0]) for w in self.windows)
 
 
-def article_passages(examples: list[SquadExample], count: int) -> list[list[str]]:
-    """For every question, up to ``count`` other paragraphs of its article, best BM25 match first,
-    none of which contains a gold answer text (for unanswerable questions: any other paragraph)."""
-    paragraphs: dict[str, dict[str, None]] = {}
-    for ex in examples:
-        paragraphs.setdefault(ex.title, {})[ex.context] = None
-    by_article = {title: list(texts) for title, texts in paragraphs.items()}
-    indexes: dict[str, BM25] = {}
-    chosen = []
-    for ex in examples:
-        contexts = by_article[ex.title]
-        if count <= 0 or len(contexts) < 2:
-            chosen.append([])
-            continue
-        if ex.title not in indexes:
-            indexes[ex.title] = BM25.build(contexts)
-        answers = [a.lower() for a in ex.answers]
-        found = [contexts[i] for i in indexes[ex.title].search(ex.question, count + 3)
-                 if contexts[i] != ex.context and not any(a in contexts[i].lower() for a in answers)]
-        chosen.append(found[:count])
-    return chosen
-
-
 def build_groups(examples: list[SquadExample], tokenizer, max_length: int, stride: int, passages: int,
                  max_windows: int) -> list[Group]:
     """Each question with its own paragraph and ``passages - 1`` retrieved ones, at most
     ``max_windows`` windows (the gold paragraph's first). Questions whose gold offsets do not
     point at the answer, or whose answer no window holds, are left out."""
-    others = article_passages(examples, passages - 1)
+    search = ArticleSearch(examples)
+    others = [search.without_answer(ex, passages - 1, passages + 2) for ex in examples]
     pairs = [(ex.question, text) for ex, extra in zip(examples, others) for text in [ex.context, *extra]]
     windows = iter(make_windows(tokenizer, pairs, max_length, stride))
     groups = []

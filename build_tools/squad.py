@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.bm25 import BM25
 from appliance.windows import Window
 
 
@@ -86,3 +87,29 @@ def label_window(window: Window, ex: SquadExample) -> tuple[int, int]:
     if start_tok is None or end_tok is None or end_tok < start_tok:
         return 0, 0
     return start_tok, end_tok
+
+
+class ArticleSearch:
+    """The distinct paragraphs of each article, in order, searched by BM25 (one index per article,
+    built on first use): where the training jobs find the passages of a question's own article
+    that look like an answer but are not one."""
+
+    def __init__(self, examples: list[SquadExample]):
+        paragraphs: dict[str, dict[str, None]] = {}
+        for ex in examples:
+            paragraphs.setdefault(ex.title, {})[ex.context] = None
+        self.paragraphs = {title: list(texts) for title, texts in paragraphs.items()}
+        self._indexes: dict[str, BM25] = {}
+
+    def without_answer(self, ex: SquadExample, count: int, depth: int) -> list[str]:
+        """Up to ``count`` other paragraphs of the example's article among BM25's top ``depth`` for
+        its question, best first, none of which contains a gold answer text."""
+        texts = self.paragraphs[ex.title]
+        if count <= 0 or len(texts) < 2:
+            return []
+        if ex.title not in self._indexes:
+            self._indexes[ex.title] = BM25.build(texts)
+        answers = [a.lower() for a in ex.answers]
+        found = [texts[i] for i in self._indexes[ex.title].search(ex.question, depth)
+                 if texts[i] != ex.context and not any(a in texts[i].lower() for a in answers)]
+        return found[:count]

@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from appliance.bm25 import BM25
 from appliance.windows import load_tokenizer, make_windows
 from build_tools.compress.common import run_steps
 from build_tools.paths import DEFAULT_TRAIN_FILES, PROJECT_ROOT
 from build_tools.shared_norm import build_groups, collate_groups, group_batches, shared_norm_loss
-from build_tools.squad import SquadExample, label_window, load_squad
+from build_tools.squad import ArticleSearch, SquadExample, label_window, load_squad
 from build_tools.unanswerable import synthetic_unanswerables
 from build_tools.training import (JobProgress, add_job_arguments, advance_schedule, jemalloc_loaded, log_json,
                                   make_optimiser, resume, save_checkpoint, save_model_dir, shipped_position, start_job)
@@ -85,27 +84,13 @@ def retrieved_negatives(examples: list[SquadExample], share: float, seed: int) -
     """For a share of the answerable questions, the same question over the passage of its article
     that BM25 ranks first among those without any gold answer text: labelled no-answer."""
     rng = random.Random(seed)
-    paragraphs: dict[str, dict[str, None]] = {}  # title -> its paragraphs, in order, once each
-    for ex in examples:
-        paragraphs.setdefault(ex.title, {})[ex.context] = None
-    by_article = {title: list(texts) for title, texts in paragraphs.items()}
-    indexes: dict[str, BM25] = {}
+    search = ArticleSearch(examples)
     negatives = []
     for ex in examples:
         if ex.is_impossible or rng.random() >= share:
             continue
-        contexts = by_article[ex.title]
-        if len(contexts) < 2:
-            continue
-        if ex.title not in indexes:
-            indexes[ex.title] = BM25.build(contexts)
-        index = indexes[ex.title]
-        answers = [a.lower() for a in ex.answers]
-        for i in index.search(ex.question, 5):
-            text = contexts[i]
-            if text != ex.context and not any(a in text.lower() for a in answers):
-                negatives.append(SquadExample(ex.qid + "-retrieved-neg", ex.question, text, (), (), -1, ex.title))
-                break
+        for text in search.without_answer(ex, 1, 5):
+            negatives.append(SquadExample(ex.qid + "-retrieved-neg", ex.question, text, (), (), -1, ex.title))
     return negatives
 
 

@@ -41,7 +41,7 @@ from appliance.bm25 import BM25
 from appliance.windows import load_tokenizer
 from build_tools.compress.common import batch_inputs, run_steps
 from build_tools.paths import PROJECT_ROOT, SHARED_DATA, SQUAD_DIR
-from build_tools.squad import load_squad
+from build_tools.squad import ArticleSearch, load_squad
 from build_tools.training import (JobProgress, add_job_arguments, advance_schedule, jemalloc_loaded, log_json,
                                   make_optimiser, resume, save_checkpoint, save_model_dir, shipped_position,
                                   shipped_training, start_job)
@@ -80,23 +80,11 @@ def squad_pairs(paths: list[Path], negatives: bool, title_share: float = 0.0) ->
     """(question, paragraph, hard negative) for every answerable question of the files; a share of
     the paragraphs carry their article's title in front (``with_title``)."""
     examples = [ex for path in paths for ex in load_squad(path) if not ex.is_impossible]
-    by_article: dict[str, dict[str, None]] = {}
-    for ex in examples:
-        by_article.setdefault(ex.title, {})[ex.context] = None
-    contexts = {title: list(texts) for title, texts in by_article.items()}
-    indexes: dict[str, BM25] = {}
+    search = ArticleSearch(examples)
     out = []
     for ex in examples:
-        negative = None
-        texts = contexts[ex.title]
-        if negatives and len(texts) > 1:
-            if ex.title not in indexes:
-                indexes[ex.title] = BM25.build(texts)
-            answers = [a.lower() for a in ex.answers]
-            for i in indexes[ex.title].search(ex.question, 10):
-                if texts[i] != ex.context and not any(a in texts[i].lower() for a in answers):
-                    negative = with_title(texts[i], ex.title, title_share)
-                    break
+        found = search.without_answer(ex, 1, 10) if negatives else []
+        negative = with_title(found[0], ex.title, title_share) if found else None
         out.append((ex.question, with_title(ex.context, ex.title, title_share), negative))
     return out
 
