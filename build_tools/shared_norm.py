@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from appliance.windows import make_windows
 from build_tools.squad import ArticleSearch, SquadExample, label_window
+
+if TYPE_CHECKING:  # torch is needed to train, not to build the groups
+    import torch
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ def collate_groups(groups: list[Group], idx: list[int], device: str):
         else:
             gold_start[r, 0] = gold_end[r, 0] = True
     group_of = np.array([k for k, _ in rows])
+    import torch
+
     to = lambda a: torch.from_numpy(a).to(device)
     return to(ids), to(types), to(mask), to(allowed), to(gold_start), to(gold_end), to(group_of)
 
@@ -115,6 +120,8 @@ def shared_norm_loss(logits: torch.Tensor, allowed: torch.Tensor, gold: torch.Te
                      group_of: torch.Tensor, groups: int) -> torch.Tensor:
     """Mean over groups of -log(probability mass on the gold positions), the softmax taken over
     every allowed position of every window of the group."""
+    import torch
+
     neg = torch.finfo(logits.dtype).min
     all_scores = logits.masked_fill(~allowed, neg)
     gold_scores = logits.masked_fill(~gold, neg)
