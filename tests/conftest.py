@@ -21,6 +21,17 @@ SHARED = ROOT.parent / "shared" / "data"
 SLOW_FIXTURES = {"encoder", "reader", "kb_index_dir", "pipeline", "adaptation", "espeak", "piper", "tiny_dirs"}
 
 
+def pytest_addoption(parser):
+    parser.addoption("--without-build-extra", action="store_true",
+                     help="hide torch and transformers, as on a box (or CI) without the build extra")
+
+
+def pytest_configure(config):
+    if config.getoption("--without-build-extra"):
+        for name in ("torch", "transformers"):  # importing them now raises ImportError
+            sys.modules[name] = None
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
