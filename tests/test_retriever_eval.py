@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DATA, run_cli
+from conftest import DATA, ROOT, run_cli
 
 from appliance.config import Config, RetrieverConfig
 from appliance.retriever import reciprocal_rank_fusion
@@ -136,3 +136,18 @@ def test_tune_fusion_chooses_on_tune_data_and_reports_the_rest(tmp_path):
         assert {"dense", "bm25", "shipped_retriever", "fused_shipped", "fused_chosen"} <= set(part)
     assert set(report["kb_heading_path"]) == {"dense with, bm25 with", "dense without, bm25 without",
                                               "dense with, bm25 without", "dense without, bm25 with"}
+
+
+def test_the_fusion_figures_are_the_rankings_the_box_gives_question_by_question(encoder):
+    """The fusion grid re-fuses one dense ranking; it must be the one the box computes (each
+    question encoded alone: the int8 encoder quantises activations per batch, so encoding the
+    questions as one batch ranks some passages differently)."""
+    from build_tools.evaluate_retriever import rank
+    from build_tools.tune_fusion import kb_pool
+
+    config = Config()
+    pool = kb_pool(ROOT / "knowledge", DATA / "kb_eval.json", config.ingest)
+    pool = Pool(pool.name, pool.texts, pool.questions[:80], pool.gold[:80], pool.bm25_texts)
+    ranked = rank(pool, encoder, config.retriever)
+    fused = fuse(ranked, config.retriever.rrf_k, config.retriever.dense_weight)
+    assert [row[:len(shipped)] for row, shipped in zip(fused, ranked.shipped)] == ranked.shipped
