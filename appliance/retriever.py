@@ -59,8 +59,9 @@ class Retriever:
     def dense_rankings(self, questions: list[str], k: int) -> list[list[int]]:
         """Each question encoded alone, as ``search`` does: the int8 encoder quantises activations
         per batch, so a batch of questions would rank some passages differently from the box."""
-        vectors = np.vstack([self.encoder.encode([q]) for q in questions]) if questions else np.zeros(
-            (0, self.encoder.dim), np.float32)
+        if not questions:
+            return []
+        vectors = np.vstack([self.encoder.encode([q]) for q in questions])
         _, ids = self.dense.search(vectors, min(k, self.dense.ntotal))
         return [[int(i) for i in row if i >= 0] for row in ids]
 
