@@ -332,6 +332,19 @@ def _spl_title(root) -> str:
     return product or generic or title
 
 
+SPL_CODE_HEADINGS = {"medguide": "Medication Guide", "patient package insert": "Patient information"}
+
+
+def spl_code_heading(display_name: str) -> str:
+    """A heading for an untitled SPL section from its LOINC code's name, as a listener would say
+    it: "SPL MEDGUIDE SECTION" → "Medication Guide"; "SPL UNCLASSIFIED SECTION" says nothing, so
+    its text stays under its parent's heading instead of being cited as "Spl unclassified section"."""
+    name = re.sub(r"^spl\s+|\s+section$", "", " ".join(display_name.split()).lower())
+    if name in ("", "unclassified"):
+        return ""
+    return SPL_CODE_HEADINGS.get(name, name.capitalize())
+
+
 def read_spl(raw: bytes, path: Path) -> Document:
     from defusedxml import ElementTree
     from defusedxml.common import DefusedXmlException
@@ -351,7 +364,7 @@ def read_spl(raw: bytes, path: Path) -> Document:
         heading = normalise_space(" ".join(title_node.itertext())) if title_node is not None else ""
         if not heading:
             code = section.find(f"{SPL_NS}code")
-            heading = (code.get("displayName") or "").strip().capitalize() if code is not None else ""
+            heading = spl_code_heading(code.get("displayName") or "") if code is not None else ""
         here = heading_path + ((heading,) if heading else ())
         text_node = section.find(f"{SPL_NS}text")
         if text_node is not None:

@@ -2,6 +2,7 @@
 composed from its parts by ``appliance.runtime``."""
 from __future__ import annotations
 
+import re
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -43,6 +44,28 @@ def evidence_sentence(passage: str, start: int, end: int) -> str:
     return " ".join(chosen) or passage[start:end]
 
 
+def text_key(text: str) -> str:
+    """What two copies of one passage share: labels are often shipped twice (an original and a
+    repackager's copy), and manuals repeat their disclaimers, with only case, spacing or a hyphen
+    between them."""
+    return re.sub(r"\W+", "", text.casefold())
+
+
+def distinct_hits(hits: list[Hit], passages: list[Passage], top_k: int) -> list[Hit]:
+    """The first ``top_k`` hits whose passages differ in text: a second copy of a passage tells the
+    reader nothing new and would take the place of one that might hold the answer."""
+    seen: set[str] = set()
+    kept = []
+    for hit in hits:
+        key = text_key(passages[hit.index].text)
+        if key not in seen:
+            seen.add(key)
+            kept.append(hit)
+            if len(kept) == top_k:
+                break
+    return kept
+
+
 @dataclass(frozen=True)
 class Reading:
     """Everything the pipeline saw for one question: what evaluation and calibration fit on."""
@@ -80,11 +103,17 @@ class QAPipeline:
         self.encoder = retriever.encoder
         self.limits, self.decision = ask, decision
 
+    def retrieve(self, question: str, top_k: int | None = None) -> list[Hit]:
+        """The ``top_k`` (``retriever.top_k``) best passages that differ in text."""
+        top_k = top_k or self.retriever.config.top_k
+        ranked = self.retriever.search(question, max(top_k, self.retriever.candidates))
+        return distinct_hits(ranked, self.index.passages, top_k)
+
     def read(self, question: str, top_k: int | None = None, with_features: bool | None = None) -> Reading:
         """Retrieve and read, scoring every passage's best span; no decision yet. Calibrator
         features are computed when a calibrator needs them or the caller asks (evaluation)."""
         t0 = time.perf_counter()
-        hits = self.retriever.search(question, top_k)
+        hits = self.retrieve(question, top_k)
         t1 = time.perf_counter()
         passages = [self.index.passages[h.index] for h in hits]
         predictions = self.reader.predict([(question, p.text) for p in passages])

@@ -79,7 +79,7 @@ def tokenise_ms(pipe, question: str) -> float:
     """The reader's tokenisation of this question's (question, passage) pairs alone, timed apart."""
     from appliance.windows import make_windows
 
-    pairs = [(question, pipe.index.passages[h.index].text) for h in pipe.retriever.search(question)]
+    pairs = [(question, pipe.index.passages[h.index].text) for h in pipe.retrieve(question)]
     reader = pipe.reader
     t = time.perf_counter()
     make_windows(reader.tokenizer, pairs, reader.max_length, reader.stride)

@@ -187,3 +187,24 @@ def test_deeply_nested_spl_is_skipped_or_read(tmp_path):
           "</component></structuredBody></component></document>"
     with pytest.raises(IngestError, match="deep.xml.*nested too deeply"):
         read_document(write(tmp_path, "deep.xml", xml), tmp_path, 10**7)
+
+
+def test_untitled_spl_sections_are_cited_by_what_they_are(tmp_path):
+    """Untitled SPL sections take a heading from their LOINC code's name only when it says
+    something: text in an "unclassified" section stays under its parent's heading."""
+    def section(code: str, title: str, text: str, children: str = "") -> str:
+        title_xml = f"<title>{title}</title>" if title else ""
+        return (f'<component><section><code code="x" displayName="{code}"/>{title_xml}'
+                f"<text><paragraph>{text}</paragraph></text>{children}</section></component>")
+
+    body = (section("CLINICAL PHARMACOLOGY SECTION", "12.3 Pharmacokinetics", "Absorbed within 2 hours.",
+                    section("SPL UNCLASSIFIED SECTION", "", "Food lowers absorption by 9%."))
+            + section("SPL MEDGUIDE SECTION", "", "Read this guide before you start.")
+            + section("BOXED WARNING SECTION", "", "May cause liver injury."))
+    xml = f'<document xmlns="urn:hl7-org:v3"><title>Examplin</title><component><structuredBody>{body}' \
+          "</structuredBody></component></document>"
+    doc = read_document(write(tmp_path, "examplin.xml", xml), tmp_path, 10**7)
+    paths = {s.text: s.path for s in doc.sections}
+    assert paths["Food lowers absorption by 9%."] == ("12.3 Pharmacokinetics",)
+    assert paths["Read this guide before you start."] == ("Medication Guide",)
+    assert paths["May cause liver injury."] == ("Boxed warning",)

@@ -95,3 +95,50 @@ def test_the_box_says_the_evidence_sentence_unless_it_is_long():
     assert long.spoken() == "20 minutes. From Oven manual, section Preheating."
     unsure = Answer("q", "", 0.1, True, source, "Preheat for 20 minutes.", "", 0, 0)
     assert unsure.spoken() == "I don't know. The closest section I found is Oven manual > Preheating."
+
+
+PUMP_MANUAL = """# Pump manual
+
+## Priming
+Fill the pump housing with water through the priming plug before the first start. Never run the pump dry.
+
+## Fuses
+The control box takes a 6.3 A slow-blow fuse, type T6.3AL250V.
+
+## Cleaning
+Rinse the strainer basket under running water once a week.
+"""
+
+PUMP_SERVICE = """# Pump service notes
+
+## Seal replacement
+Replace the mechanical shaft seal every 4,000 operating hours or when water drips from the shaft.
+
+## Bearings
+The motor bearings are sealed for life and need no grease.
+"""
+
+
+def test_a_knowledge_base_shipped_twice_gives_the_reader_distinct_passages(tmp_path, config, encoder):
+    """The same manual under two names (an original and a reseller's copy) must not fill the
+    reader's passages with copies: each passage it reads differs in text, and the copies' slots
+    go to the next-best passages."""
+    from appliance import runtime
+    from appliance.pipeline import text_key
+
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    (kb / "pump.md").write_text(PUMP_MANUAL)
+    (kb / "pump-reseller-copy.md").write_text(PUMP_MANUAL.replace("# Pump manual", "# Pump manual (reseller)"))
+    (kb / "pump-service.md").write_text(PUMP_SERVICE)
+    runtime.build_index(config, kb=kb, index=tmp_path / "index", encoder=encoder)
+    pipe = runtime.load_pipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=False)
+    assert len(pipe.index.passages) == 8  # both copies are indexed (and can be cited)
+
+    reading = pipe.read("which fuse does the pump control box need?")
+    texts = [text_key(p.text) for p in reading.passages]
+    assert len(texts) == len(set(texts)) == config.retriever.top_k  # 5 distinct of the 5 there are
+    assert {p.source for p in reading.passages} >= {"pump-service.md"}
+    answer = pipe.ask("which fuse does the pump control box need?")
+    assert "6.3 A" in answer.text and answer.source.section[-1] == "Fuses"
+    assert len({(c.document, c.section) for c in answer.candidates}) == len(answer.candidates)
