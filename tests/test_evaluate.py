@@ -62,3 +62,17 @@ def test_evaluate_kb_reports_retrieval_answers_and_abstention(kb_index_dir):
     assert report["right_if_always_answering"] >= 0.5  # the bread question is answered right
     assert report["sentence_right_if_always_answering"] >= report["right_if_always_answering"]
     assert 0 <= report["answerable_right"] <= report["right_if_always_answering"]
+
+def test_a_copy_of_the_gold_passage_in_another_file_counts_as_the_gold_section():
+    from appliance.schema import Passage
+    from build_tools.selective import in_gold_section
+
+    maker = Passage("Lipitor", "lipitor-orig.xml", ("2 DOSAGE", "2.1 Adults"), "Start at 10 mg once a day.")
+    copy = Passage("Lipitor", "lipitor-repack.xml", ("2 DOSAGE", "2.1 Adults"), "Start at 10  MG once a day")
+    other = Passage("Lipitor", "lipitor-repack.xml", ("2 DOSAGE", "2.2 Children"), "Start at 5 mg once a day.")
+    question = {"document": "lipitor-orig.xml", "section": "2.1 Adults"}
+    passages = [maker, copy, other]
+    assert in_gold_section(maker, question, passages)
+    assert in_gold_section(copy, question, passages)
+    assert not in_gold_section(other, question, passages)
+    assert not in_gold_section(copy, {"document": "lipitor-orig.xml", "section": "2.2 Children"}, passages)
