@@ -55,7 +55,7 @@ def distinct_hits(hits: list[Hit], passages: list[Passage], top_k: int) -> list[
     """The first ``top_k`` hits whose passages differ in text: a second copy of a passage tells the
     reader nothing new and would take the place of one that might hold the answer."""
     seen: set[str] = set()
-    kept = []
+    kept: list[Hit] = []
     for hit in hits:
         key = text_key(passages[hit.index].text)
         if key not in seen:
