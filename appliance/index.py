@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 CURRENT = "current"
 FILES = ("passages.jsonl", "dense.faiss", "bm25.json", "manifest.json")
 SPEECH_ADAPTATION = "asr_adaptation"  # the manifest entry of the KB speech adaptation step
+# What the document readers make of a KB: raised whenever formats/ingest change the passages an
+# index holds (2: untitled SPL sections named from their codes), so older indexes are rebuilt.
+PASSAGES_VERSION = 2
 # An extra build step: writes into the staged version folder, returns its manifest record (None:
 # skipped). Whatever a step raises fails the whole build, so a version is never committed half-written.
 IndexStep = Callable[[list[Passage], Path], "dict | None"]
@@ -131,7 +134,7 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, ingest:
         manifest = {
             **records, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kb": str(kb_dir.resolve()),
             "documents": summary.documents, "passages": len(passages), "skipped": len(summary.skipped),
-            "encoder_sha256": encoder.sha256, "dim": int(vectors.shape[1]),
+            "encoder_sha256": encoder.sha256, "passages_version": PASSAGES_VERSION, "dim": int(vectors.shape[1]),
             "max_passage_words": ingest.max_passage_words, "build_seconds": round(time.time() - started, 2),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")

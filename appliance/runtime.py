@@ -16,7 +16,8 @@ from appliance.calibrator import Calibrator
 from appliance.config import Config
 from appliance.encoder import SentenceEncoder
 from appliance.errors import ApplianceError, IndexMissingError
-from appliance.index import SPEECH_ADAPTATION, IndexStep, IndexSummary, IndexVersion, index_exists, load_index
+from appliance.index import (PASSAGES_VERSION, SPEECH_ADAPTATION, IndexStep, IndexSummary, IndexVersion, index_exists,
+                             load_index)
 from appliance.index import build_index as build_index_version
 from appliance.model_dir import ModelDir
 from appliance.pipeline import QAPipeline
@@ -70,20 +71,30 @@ def build_index(config: Config, kb: Path | None = None, index: Path | None = Non
 
 def open_index(config: Config, encoder: SentenceEncoder, kb: Path | None = None, index: Path | None = None,
                build_if_missing: bool = True) -> IndexVersion:
-    """The current index version, built first when missing (``build_if_missing``) or when its vectors
-    came from another retriever model (their similarities to this encoder's would be meaningless)."""
+    """The current index version, built first when missing (``build_if_missing``), when its vectors
+    came from another retriever model (their similarities to this encoder's would be meaningless) or
+    when an older release's document readers made its passages (stale section names, citations)."""
     where = index_dir(config, index)
     if build_if_missing and not index_exists(where):
         build_index(config, kb, where, encoder)
     version = load_index(where)
-    if version.manifest.get("encoder_sha256") == encoder.sha256:
+    why = outdated(version, encoder)
+    if why is None:
         return version
     if not build_if_missing:
-        raise IndexMissingError(f"index at {where} was built with a different retriever model; "
-                                f"rebuild it with: appliance index --index {where}")
-    log.warning("index at %s was built with a different retriever model: rebuilding it", where)
+        raise IndexMissingError(f"index at {where} was built {why}; rebuild it with: appliance index --index {where}")
+    log.warning("index at %s was built %s: rebuilding it", where, why)
     build_index(config, kb, where, encoder)
     return load_index(where)
+
+
+def outdated(version: IndexVersion, encoder: SentenceEncoder) -> str | None:
+    """Why this index version must not be searched as it is, or None."""
+    if version.manifest.get("encoder_sha256") != encoder.sha256:
+        return "with a different retriever model"
+    if version.manifest.get("passages_version", 1) != PASSAGES_VERSION:
+        return "by an older release's document readers"
+    return None
 
 
 def load_calibrator(reader: Reader) -> Calibrator | None:

@@ -113,3 +113,22 @@ def test_index_from_another_retriever_model_is_rebuilt_or_refused(tmp_path, conf
     assert pipeline.index.manifest["encoder_sha256"] == encoder.sha256
     assert pipeline.index.path != manifest_path.parent
     assert "two litres" in pipeline.ask("How do I prime the pump?").passage
+
+
+def test_index_from_an_older_release_of_the_document_readers_is_rebuilt_or_refused(tmp_path, config, encoder):
+    """Passages made by older document readers carry stale section names into citations: an index
+    without this release's passages version is rebuilt (or refused when building is not allowed)."""
+    kb = make_kb(tmp_path / "kb")
+    build_index(kb, tmp_path / "index", encoder)
+    manifest_path = load_index(tmp_path / "index").path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["passages_version"]  # as the releases before the version existed wrote it
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexMissingError, match="older release's document readers.*appliance index"):
+        runtime.load_pipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=False)
+    pipeline = runtime.load_pipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=True)
+    assert pipeline.index.path != manifest_path.parent
+    from appliance.index import PASSAGES_VERSION
+
+    assert pipeline.index.manifest["passages_version"] == PASSAGES_VERSION
+    assert "two litres" in pipeline.ask("How do I prime the pump?").passage
