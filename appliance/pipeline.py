@@ -109,14 +109,29 @@ class QAPipeline:
         ranked = self.retriever.search(question, max(top_k, self.retriever.candidates))
         return distinct_hits(ranked, self.index.passages, top_k)
 
-    def read(self, question: str, top_k: int | None = None, with_features: bool | None = None) -> Reading:
-        """Retrieve and read, scoring every passage's best span; no decision yet. Calibrator
-        features are computed when a calibrator needs them or the caller asks (evaluation)."""
+    def passages_that_can_answer(self, count: int) -> int:
+        """How many of ``count`` ranked passages can still give the answer. Without a calibrator the
+        answer's probability is its choice score, confidence / (rank + 1) ** rank_weight with
+        confidence ≤ 1, so from rank 2 on (threshold 0.15, weight 2: at most 1/9) a passage can only
+        ever lead to "I don't know", and then the passages above it, all under the threshold too,
+        already say that. Reading it would cost a model run and change no answer."""
+        weight, threshold = self.decision.rank_weight, self.decision.threshold
+        if self.calibrator is not None or self.reader.shared_norm or weight <= 0 or threshold <= 0:
+            return count
+        return sum(1 for rank in range(count) if (rank + 1) ** -weight >= threshold)
+
+    def read(self, question: str, top_k: int | None = None, with_features: bool | None = None,
+             every_passage: bool = False) -> Reading:
+        """Retrieve and read, scoring the best span of every passage that can still give the answer
+        (``every_passage``: of all of them, as evaluations that vary the threshold need); no decision
+        yet. Calibrator features are computed when a calibrator needs them or the caller asks."""
         t0 = time.perf_counter()
         hits = self.retrieve(question, top_k)
         t1 = time.perf_counter()
         passages = [self.index.passages[h.index] for h in hits]
-        predictions = self.reader.predict([(question, p.text) for p in passages])
+        depth = len(passages) if every_passage else self.passages_that_can_answer(len(passages))
+        predictions = self.reader.predict([(question, p.text) for p in passages[:depth]])
+        predictions += [None] * (len(passages) - depth)
         if self.reader.shared_norm:
             predictions = shared_confidences(predictions)
         t2 = time.perf_counter()

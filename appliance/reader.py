@@ -127,10 +127,14 @@ class Reader:
         self.max_length, self.stride, self.max_answer_tokens = config.max_length, config.stride, config.max_answer_tokens
         self.shared_norm = config.shared_norm
 
-    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[SpanPrediction | None]:
+    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 1) -> list[SpanPrediction | None]:
         """Best span for every pair (None when no window has a context token). With shared
         normalisation the span with the highest logits of all the pair's windows, its confidence
-        normalised over them all."""
+        normalised over them all. One window per model run by default: the int8 model quantises
+        activations over each run, so windows sharing a run (and its padding) shift each other's
+        scores, and 6% of KB answers changed with what else was read. Read alone, a passage scores
+        the same whatever else the box reads (what lets the pipeline skip passages that cannot
+        answer); evaluations of the model alone batch for speed."""
         windows = [(p, w) for p, ws in enumerate(make_windows(self.tokenizer, pairs, self.max_length, self.stride))
                    for w in ws]
         best: list[SpanPrediction | None] = [None] * len(pairs)

@@ -65,7 +65,7 @@ def in_gold_section(passage: Passage, q: dict, passages: list[Passage]) -> bool:
 
 
 def kb_record(pipeline: QAPipeline, q: dict) -> Record:
-    reading = pipeline.read(q["question"], with_features=True)
+    reading = pipeline.read(q["question"], with_features=True, every_passage=True)
     answers = q.get("answers") or []
     labels = [int(bool(p) and q["kind"] == "answerable" and any(is_right(p.text, a) for a in answers))
               for p in reading.predictions]

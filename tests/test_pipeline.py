@@ -142,3 +142,19 @@ def test_a_knowledge_base_shipped_twice_gives_the_reader_distinct_passages(tmp_p
     answer = pipe.ask("which fuse does the pump control box need?")
     assert "6.3 A" in answer.text and answer.source.section[-1] == "Fuses"
     assert len({(c.document, c.section) for c in answer.candidates}) == len(answer.candidates)
+
+
+def test_passages_that_cannot_answer_are_not_read_and_no_decision_changes(pipeline, kb_questions):
+    """At the shipped rule (probability ÷ (rank + 1)², threshold 0.15) a passage from rank 2 on can
+    only lead to "I don't know": the box reads the first two, and each question ends as it would
+    have after reading all five, span for span."""
+    assert pipeline.passages_that_can_answer(5) == 2
+    for q in kb_questions[:25]:
+        box = pipeline.read(q["question"])
+        full = pipeline.read(q["question"], every_passage=True)
+        assert [p is not None for p in box.predictions][2:] == [False] * (len(box.passages) - 2)
+        assert box.predictions[:2] == full.predictions[:2]  # a passage scores the same whatever else is read
+        assert box.best() is not None and full.best() is not None
+        decided = [(r.probabilities[r.best()] >= pipeline.decision.threshold, r.predictions[r.best()].text)
+                   for r in (box, full)]
+        assert decided[0] == decided[1] or not (decided[0][0] or decided[1][0])
