@@ -35,7 +35,7 @@ class IngestConfig:
 
 @dataclass
 class RetrieverConfig:
-    top_k: int = 5  # passages handed to the reader
+    top_k: int = 5  # passages retrieved; the reader reads those whose rank can still reach reader.threshold
     candidates: int = 30  # per ranker, before fusion
     rrf_k: int = 1  # reciprocal-rank-fusion constant (Cormack et al.); 1 and the weight: tune-fusion
     mode: str = "hybrid"  # hybrid | dense | bm25
