@@ -53,13 +53,20 @@ def paused(pid: int | None):
             os.kill(pid, signal.SIGCONT)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ort_spinning", description=__doc__)
-    p.add_argument("--questions", type=int, default=40)
+def timing_args(prog: str, description: str | None, argv: list[str] | None,
+                questions: int) -> tuple[argparse.Namespace, list[str]]:
+    """``--questions N`` (the first N KB test questions) and ``--pause PID``, as the interleaved
+    in-process benchmarks take them."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--questions", type=int, default=questions)
     p.add_argument("--pause", type=int, default=None, metavar="PID")
     args = p.parse_args(argv)
-    questions = [q["question"] for q in load_questions(PROJECT_ROOT / "tests" / "data" / "kb_eval.json",
-                                                       "test")][: args.questions]
+    kb_questions = load_questions(PROJECT_ROOT / "tests" / "data" / "kb_eval.json", "test")
+    return args, [q["question"] for q in kb_questions][: args.questions]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, questions = timing_args("python -m benchmarks.ort_spinning", __doc__, argv, 40)
     pipes = {"shipped (no spinning)": runtime.load_pipeline(Config())}
     with spinning_sessions():
         pipes["onnxruntime default (spinning)"] = runtime.load_pipeline(Config())

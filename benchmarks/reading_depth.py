@@ -11,17 +11,15 @@ and how many questions end with the same decision (answer text, or "I don't know
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
 from appliance import runtime
-from appliance.config import PROJECT_ROOT, Config
+from appliance.config import Config
 from appliance.pipeline import QAPipeline
 from benchmarks.ask_latency import percentile
-from benchmarks.ort_spinning import paused
-from build_tools.selective import load_questions
+from benchmarks.ort_spinning import paused, timing_args
 
 WAYS = {"passages that can answer (shipped)": False, "all five passages": True}
 
@@ -37,12 +35,7 @@ def decision(pipe: QAPipeline, question: str, every_passage: bool) -> tuple[str,
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.reading_depth", description=__doc__)
-    p.add_argument("--questions", type=int, default=50)
-    p.add_argument("--pause", type=int, default=None, metavar="PID")
-    args = p.parse_args(argv)
-    questions = [q["question"] for q in load_questions(PROJECT_ROOT / "tests" / "data" / "kb_eval.json",
-                                                       "test")][: args.questions]
+    args, questions = timing_args("python -m benchmarks.reading_depth", __doc__, argv, 50)
     pipe = runtime.load_pipeline(Config())
     wall: dict[str, list[float]] = {k: [] for k in WAYS}
     cpu: dict[str, list[float]] = {k: [] for k in WAYS}
