@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from appliance.calibrator import Calibrator, candidate_features
 from appliance.config import AskConfig, ReaderConfig
@@ -109,29 +109,53 @@ class QAPipeline:
         ranked = self.retriever.search(question, max(top_k, self.retriever.candidates))
         return distinct_hits(ranked, self.index.passages, top_k)
 
+    def scores_are_bounded_by_rank(self) -> bool:
+        """Without a calibrator (or shared normalisation) the answer's probability is its choice
+        score, confidence / (rank + 1) ** rank_weight with confidence ≤ 1: a passage can score at
+        most (rank + 1) ** -rank_weight, whatever it says."""
+        return self.calibrator is None and not self.reader.shared_norm and self.decision.rank_weight > 0
+
     def passages_that_can_answer(self, count: int) -> int:
-        """How many of ``count`` ranked passages can still give the answer. Without a calibrator the
-        answer's probability is its choice score, confidence / (rank + 1) ** rank_weight with
-        confidence ≤ 1, so from rank 2 on (threshold 0.15, weight 2: at most 1/9) a passage can only
-        ever lead to "I don't know", and then the passages above it, all under the threshold too,
-        already say that. Reading it would cost a model run and change no answer."""
-        weight, threshold = self.decision.rank_weight, self.decision.threshold
-        if self.calibrator is not None or self.reader.shared_norm or weight <= 0 or threshold <= 0:
+        """How many of ``count`` ranked passages can still give the answer: from rank 2 on
+        (threshold 0.15, weight 2: at most 1/9) a passage can only ever lead to "I don't know", and
+        then the passages above it, all under the threshold too, already say that."""
+        if not self.scores_are_bounded_by_rank():
             return count
-        return sum(1 for rank in range(count) if (rank + 1) ** -weight >= threshold)
+        return sum(1 for rank in range(count) if (rank + 1) ** -self.decision.rank_weight >= self.decision.threshold)
+
+    def read_passages(self, question: str, passages: list[Passage]) -> list[SpanPrediction | None]:
+        """The best span of each passage that could still change the answer, in rank order: a
+        passage is skipped (None) once its rank alone keeps it under the threshold or under the best
+        choice score already read. The reader scores each window alone, so what is read scores as it
+        would among all five, and the answer is the one reading all five would give."""
+        if not self.scores_are_bounded_by_rank():
+            return self.reader.predict([(question, p.text) for p in passages])
+        weight = self.decision.rank_weight
+        predictions: list[SpanPrediction | None] = [None] * len(passages)
+        best = -1.0
+        for rank in range(self.passages_that_can_answer(len(passages))):
+            if (rank + 1) ** -weight <= best:  # ties go to the earlier passage
+                break
+            prediction = self.reader.predict([(question, passages[rank].text)])[0]
+            if prediction is not None:
+                predictions[rank] = replace(prediction, pair=rank)
+                best = max(best, choice_score(prediction.confidence, rank, weight))
+        return predictions
 
     def read(self, question: str, top_k: int | None = None, with_features: bool | None = None,
              every_passage: bool = False) -> Reading:
-        """Retrieve and read, scoring the best span of every passage that can still give the answer
-        (``every_passage``: of all of them, as evaluations that vary the threshold need); no decision
-        yet. Calibrator features are computed when a calibrator needs them or the caller asks."""
+        """Retrieve and read, scoring the best span of every passage that can still change the answer
+        (``read_passages``; ``every_passage``: of all of them, as evaluations that vary the threshold
+        need); no decision yet. Calibrator features are computed when a calibrator needs them or the
+        caller asks."""
         t0 = time.perf_counter()
         hits = self.retrieve(question, top_k)
         t1 = time.perf_counter()
         passages = [self.index.passages[h.index] for h in hits]
-        depth = len(passages) if every_passage else self.passages_that_can_answer(len(passages))
-        predictions = self.reader.predict([(question, p.text) for p in passages[:depth]])
-        predictions += [None] * (len(passages) - depth)
+        if every_passage:
+            predictions = self.reader.predict([(question, p.text) for p in passages])
+        else:
+            predictions = self.read_passages(question, passages)
         if self.reader.shared_norm:
             predictions = shared_confidences(predictions)
         t2 = time.perf_counter()

@@ -144,17 +144,24 @@ def test_a_knowledge_base_shipped_twice_gives_the_reader_distinct_passages(tmp_p
     assert len({(c.document, c.section) for c in answer.candidates}) == len(answer.candidates)
 
 
-def test_passages_that_cannot_answer_are_not_read_and_no_decision_changes(pipeline, kb_questions):
+def test_passages_that_cannot_change_the_answer_are_not_read_and_no_decision_changes(pipeline, kb_questions):
     """At the shipped rule (probability ÷ (rank + 1)², threshold 0.15) a passage from rank 2 on can
-    only lead to "I don't know": the box reads the first two, and each question ends as it would
+    only lead to "I don't know", and the second (at most 0.25) cannot beat a first that scored 0.25:
+    the box reads at most two, one when the first is that sure, and each question ends as it would
     have after reading all five, span for span."""
     assert pipeline.passages_that_can_answer(5) == 2
+    read_one = 0
     for q in kb_questions[:25]:
         box = pipeline.read(q["question"])
         full = pipeline.read(q["question"], every_passage=True)
-        assert [p is not None for p in box.predictions][2:] == [False] * (len(box.passages) - 2)
-        assert box.predictions[:2] == full.predictions[:2]  # a passage scores the same whatever else is read
+        read = [p is not None for p in box.predictions]
+        assert read[2:] == [False] * (len(box.passages) - 2)
+        assert read[1] == (box.choice_scores[0] < 0.25)
+        read_one += not read[1]
+        for mine, theirs in zip(box.predictions, full.predictions):
+            assert mine is None or mine == theirs  # a passage scores the same whatever else is read
         assert box.best() is not None and full.best() is not None
         decided = [(r.probabilities[r.best()] >= pipeline.decision.threshold, r.predictions[r.best()].text)
                    for r in (box, full)]
         assert decided[0] == decided[1] or not (decided[0][0] or decided[1][0])
+    assert read_one >= 5  # the first passage settles a good share of questions alone
