@@ -1,6 +1,6 @@
-"""What reading only the passages that can still give the answer saves: the box's `read` (the
-passages whose rank leaves them able to reach the threshold, `QAPipeline.passages_that_can_answer`)
-against reading all five retrieved passages (`every_passage=True`, as before), in one process,
+"""What reading only the passages that can still change the answer saves: the box's `read` (in
+rank order, while a passage's rank leaves it able to reach the threshold and beat the best so far,
+`QAPipeline.read_passages`) against reading all five retrieved passages (`every_passage=True`, as before), in one process,
 interleaved question by question in alternating order, on the same KB questions.
 
     python -m benchmarks.reading_depth [--questions 50] [--pause PID]
