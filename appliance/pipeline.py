@@ -123,12 +123,13 @@ class QAPipeline:
             return count
         return sum(1 for rank in range(count) if (rank + 1) ** -self.decision.rank_weight >= self.decision.threshold)
 
-    def read_passages(self, question: str, passages: list[Passage]) -> list[SpanPrediction | None]:
+    def read_passages(self, question: str, passages: list[Passage],
+                      every_passage: bool = False) -> list[SpanPrediction | None]:
         """The best span of each passage that could still change the answer, in rank order: a
         passage is skipped (None) once its rank alone keeps it under the threshold or under the best
         choice score already read. The reader scores each window alone, so what is read scores as it
         would among all five, and the answer is the one reading all five would give."""
-        if not self.scores_are_bounded_by_rank():
+        if every_passage or not self.scores_are_bounded_by_rank():
             return self.reader.predict([(question, p.text) for p in passages])
         weight = self.decision.rank_weight
         predictions: list[SpanPrediction | None] = [None] * len(passages)
@@ -152,10 +153,7 @@ class QAPipeline:
         hits = self.retrieve(question, top_k)
         t1 = time.perf_counter()
         passages = [self.index.passages[h.index] for h in hits]
-        if every_passage:
-            predictions = self.reader.predict([(question, p.text) for p in passages])
-        else:
-            predictions = self.read_passages(question, passages)
+        predictions = self.read_passages(question, passages, every_passage)
         if self.reader.shared_norm:
             predictions = shared_confidences(predictions)
         t2 = time.perf_counter()
