@@ -21,7 +21,7 @@ from appliance.index import load_index
 from appliance.speech.adapt import Adaptation
 from appliance.speech.asr import PocketsphinxRecognizer, transcribe
 from appliance.speech.vocabulary import Vocabulary
-from appliance.speech.audio import SAMPLE_RATE, read_wav
+from appliance.speech.audio import SAMPLE_RATE, joined, read_wav
 from appliance.speech.tts import EspeakSynthesizer, PiperSynthesizer, default_piper_voice
 from appliance.speech.wer import word_error_rate
 
@@ -45,8 +45,7 @@ def answered_right(pipeline, question: str, expected: str) -> bool:
 
 
 def render(synth, text: str) -> np.ndarray:
-    parts = [a.at_rate(SAMPLE_RATE).samples for a in synth.synthesize(text)]
-    return np.concatenate(parts)
+    return joined(synth.synthesize(text), SAMPLE_RATE)
 
 
 def real_clips(speech_dir: Path) -> list[tuple[str, np.ndarray]]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from appliance import runtime
 from appliance.config import PROJECT_ROOT, Config
-from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE, Audio, chunks, write_wav
+from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE, Audio, chunks, joined, write_wav
 from appliance.speech.devices import WavFileSource, WavSink
 from appliance.speech.tts import PiperSynthesizer, default_piper_voice
 from appliance.speech.vad import Endpointer, EndpointSettings, SileroVad
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     if "endpoint" in args.parts:
         from benchmarks.asr_wer import real_sentence_clips
 
-        spoken = [np.concatenate([a.at_rate(SAMPLE_RATE).samples for a in piper.synthesize(q)]) for q in kb_questions()]
+        spoken = [joined(piper.synthesize(q), SAMPLE_RATE) for q in kb_questions()]
         speech = PROJECT_ROOT.parent / "shared" / "data" / "speech"
         real = [a for _, a in real_sentence_clips(speech)] if (speech / "manifest.json").is_file() else []
         results["questions split by the end-pointer"] = {
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             wavs = []
             for i, q in enumerate(questions):
-                speech = np.concatenate([a.at_rate(SAMPLE_RATE).samples for a in piper.synthesize(q)])
+                speech = joined(piper.synthesize(q), SAMPLE_RATE)
                 path = Path(tmp) / f"q{i}.wav"
                 write_wav(path, Audio(np.concatenate([np.zeros(4800, np.float32), speech]), SAMPLE_RATE))
                 wavs.append(path)

@@ -27,7 +27,7 @@ from wyoming.client import AsyncClient
 from wyoming.info import Describe
 from wyoming.tts import Synthesize
 
-from appliance.speech.audio import SAMPLE_RATE, to_int16_bytes
+from appliance.speech.audio import SAMPLE_RATE, joined, to_int16_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCES = [
@@ -129,8 +129,8 @@ def spoken_question() -> bytes:
     from appliance.speech.tts import EspeakSynthesizer
 
     question = "How long should I preheat the oven?"
-    audio = [a.at_rate(SAMPLE_RATE).samples for a in EspeakSynthesizer().synthesize(question)]
-    return to_int16_bytes(np.concatenate([np.zeros(4800, np.float32), *audio, np.zeros(8000, np.float32)]))
+    audio = joined(EspeakSynthesizer().synthesize(question), SAMPLE_RATE)
+    return to_int16_bytes(np.concatenate([np.zeros(4800, np.float32), audio, np.zeros(8000, np.float32)]))
 
 
 def main(argv: list[str] | None = None) -> None:

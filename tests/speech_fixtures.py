@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.speech.audio import SAMPLE_RATE, Audio, write_wav
+from appliance.speech.audio import SAMPLE_RATE, Audio, joined, write_wav
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 
 def render(synth, text: str, lead_s: float = 0.3, tail_s: float = 0.8) -> np.ndarray:
     """``text`` spoken at 16 kHz with silence around it, as a microphone would hear it."""
-    speech = np.concatenate([a.at_rate(SAMPLE_RATE).samples for a in synth.synthesize(text)])
+    speech = joined(synth.synthesize(text), SAMPLE_RATE)
     return np.concatenate([silence(lead_s), speech, silence(tail_s)])
 
 

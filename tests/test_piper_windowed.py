@@ -64,6 +64,28 @@ def test_without_noise_the_same_text_is_the_same_audio_and_with_it_varies(piper,
 
 
 @pytest.mark.slow
+def test_a_sentence_is_spoken_window_by_window_and_adds_up_to_the_whole_models_audio(piper):
+    steady_whole = tts.PiperSynthesizer(tts.default_piper_voice(), window_frames=None, noise=False)
+    streamed, reference = list(piper.synthesize(LONG)), list(steady_whole.synthesize(LONG))
+    assert len(reference) == 1 and len(streamed) > 1  # the first audio comes before the sentence is done
+    session = piper._voice.session
+    assert len(streamed[0].samples) <= session.window * piper._voice.config.hop_length  # one window
+    joined = np.concatenate([a.samples for a in streamed])
+    assert len(joined) == len(reference[0].samples)
+    assert np.abs(joined - reference[0].samples).max() < 1e-4
+
+
+def test_every_sentence_is_spoken_at_the_same_level_within_full_scale(piper):
+    quiet_words, loud = "Yes.", "Stop the conveyor now! Press the red emergency stop button at once!"
+    for text in (quiet_words, loud, SHORT):
+        for audio in piper.synthesize(text):
+            assert np.abs(audio.samples).max() <= 1.0
+    raw = quiet(piper, quiet_words)  # piper's own per-sentence peak normalisation: full scale
+    spoken = np.concatenate([a.samples for a in piper.synthesize(quiet_words)])
+    assert np.abs(raw).max() > 0.99 and np.abs(spoken).max() < 0.99  # a short word is not pushed to the limit
+
+
+@pytest.mark.slow
 def test_a_long_sentence_is_decoded_in_several_bounded_windows(piper, whole):
     session = piper._voice.session
     seen = {"decoder": [], "post": []}

@@ -14,7 +14,7 @@ from speech_fixtures import render, silence
 from appliance.errors import ConfigError, ModelError
 from appliance.speech.adapt import arpa_trigram, ipa_to_cmu, spoken_form
 from appliance.speech.asr import PocketsphinxRecognizer, VoskRecognizer, transcribe
-from appliance.speech.audio import SAMPLE_RATE, AudioError, chunks, read_wav
+from appliance.speech.audio import SAMPLE_RATE, Audio, AudioError, chunks, joined, read_wav, resample
 from appliance.speech.tts import sentences, wav_bytes_to_audio
 from appliance.speech.vad import Endpointer, EndpointSettings, SileroVad
 from appliance.speech.wake import WakePhraseSpotter
@@ -138,9 +138,23 @@ def test_sentence_split_keeps_abbreviation_free_answers_whole():
     assert sentences("Use 1.5 mm steel") == ["Use 1.5 mm steel"]
 
 
+def test_pieces_of_one_stream_are_resampled_without_seams():
+    tone = np.sin(2 * np.pi * 440 * np.arange(22050) / 22050).astype(np.float32) * 0.5
+    pieces = [Audio(tone[i:i + 2000], 22050) for i in range(0, len(tone), 2000)]
+    whole = resample(tone, 22050, SAMPLE_RATE)
+    seamed = np.concatenate([resample(p.samples, 22050, SAMPLE_RATE) for p in pieces])
+    assert np.abs(joined(pieces, SAMPLE_RATE) - whole).max() < 1e-6
+    n = min(len(seamed), len(whole))  # piece by piece also loses samples to rounding
+    assert np.abs(seamed[:n] - whole[:n]).max() > 0.01  # and leaves seams
+    with pytest.raises(AudioError, match="different rates"):
+        joined([Audio(tone, 22050), Audio(tone, 16000)], SAMPLE_RATE)
+    assert joined([], SAMPLE_RATE).size == 0
+
+
 def test_piper_voice_renders_audio(piper):
     parts = list(piper.synthesize("I don't know. The closest section is Missed dose."))
-    assert len(parts) == 2 and all(p.rate == 22050 and p.seconds > 0.5 for p in parts)
+    assert all(p.rate == 22050 for p in parts) and sum(p.seconds for p in parts) > 1.5
+    assert max(p.seconds for p in parts) < 0.75  # handed over a decoder window at a time, not a sentence
 
 
 def test_driver_wav_files_read_like_the_pipe(espeak, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import wave
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,17 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     import soxr
 
     return soxr.resample(samples.astype(np.float32, copy=False), from_rate, to_rate).astype(np.float32)
+
+
+def joined(parts: Iterable[Audio], rate: int) -> np.ndarray:
+    """Consecutive pieces of one stream (a synthesizer's sentences or windows) at ``rate``,
+    resampled as one: resampled piece by piece they would meet with a seam at every boundary."""
+    parts = list(parts)
+    if not parts:
+        return np.zeros(0, dtype=np.float32)
+    if len({p.rate for p in parts}) > 1:
+        raise AudioError(f"cannot join audio of different rates: {sorted({p.rate for p in parts})}")
+    return resample(np.concatenate([p.samples for p in parts]), parts[0].rate, rate)
 
 
 def to_int16_bytes(samples: np.ndarray) -> bytes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -256,7 +257,8 @@ def receptive_field(nodes: list, first: str) -> tuple[float, int] | None:
 
 class WindowedSession:
     """Stands in for the voice's ``InferenceSession``: ``run`` gives the whole model's output, with
-    the decoder run window by window and its last stage piece by piece within each window."""
+    the decoder run window by window and its last stage piece by piece within each window;
+    ``stream`` gives the same waveform window by window."""
 
     def __init__(self, encoder, decoder, post, cut: dict, window_frames: int):
         self.encoder, self.decoder, self.post = encoder, decoder, post
@@ -267,8 +269,14 @@ class WindowedSession:
         self.window = window_frames
 
     def run(self, output_names, feeds, run_options=None):
+        """The whole model's output, as piper's ``PiperVoice`` calls it."""
+        pieces = list(self.stream(feeds))
+        return [np.concatenate(pieces).reshape(1, 1, -1) if pieces else np.zeros((1, 1, 0), np.float32)]
+
+    def stream(self, feeds) -> Iterator[np.ndarray]:
+        """The waveform one decoder window at a time, each as soon as it is made."""
         frames = self.encoder.run([self.latent], feeds, shrink())[0]  # (1, channels, T)
-        total, pieces = frames.shape[2], []
+        total = frames.shape[2]
         for start in range(0, total, self.window):
             end = min(total, start + self.window)
             # the last stage's input for [start, end) plus its own context, from latent frames with theirs
@@ -276,6 +284,7 @@ class WindowedSession:
             a, b = max(0, lo - self.context), min(total, hi + self.context)
             mid = self.decoder.run(None, {self.latent: np.ascontiguousarray(frames[:, :, a:b])})[0]
             mid = mid[:, :, (lo - a) * self.rate:(hi - a) * self.rate]
+            pieces = []
             for first in range(start, end, POST_WINDOW_FRAMES):
                 last = min(end, first + POST_WINDOW_FRAMES)
                 p, q = max(lo, first - self.post_context), min(hi, last + self.post_context)
@@ -284,4 +293,4 @@ class WindowedSession:
                 hop = len(audio) // (q - p)  # samples per latent frame
                 pieces.append(audio[(first - p) * hop:(last - p) * hop].copy())
             del mid
-        return [np.concatenate(pieces).reshape(1, 1, -1) if pieces else np.zeros((1, 1, 0), np.float32)]
+            yield np.concatenate(pieces)
