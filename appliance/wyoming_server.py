@@ -293,8 +293,9 @@ class ApplianceEventHandler(AsyncEventHandler):
         await self.write_event(Transcript(text=transcript.text).event())
 
     async def _synthesize(self, text) -> None:
-        """Audio streams out sentence by sentence: the first chunk leaves once the first sentence is
-        synthesised, and memory holds one sentence's audio, not the whole text's."""
+        """Audio streams out as the synthesizer makes it (a sentence, or a Piper decoder window):
+        the first chunk leaves once the first of it is made, and memory holds one sentence's audio,
+        not the whole text's."""
         limit = self.service.config.wyoming.max_text_chars
         if not isinstance(text, str):
             await self.error(f"'text' must be a string, got {type(text).__name__}", "bad_text")
@@ -306,23 +307,21 @@ class ApplianceEventHandler(AsyncEventHandler):
         if not pieces:
             await self.error("nothing to synthesize", "empty_text")
             return
-        def render(piece: str) -> list:
-            try:
-                return list(self.service.synthesizer.synthesize(piece))
-            finally:
-                release_memory()  # each sentence's buffers go back to the system, not to a thread's arena
-
         rate = None
         for piece in pieces:
-            parts = await self._in_thread(self.service.speech, render, piece)
-            for audio in parts:
-                if rate is None:
-                    rate = audio.rate
-                    await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
-                step = int(rate * TTS_CHUNK_SECONDS)
-                for i in range(0, len(audio.samples), step):
-                    await self.write_event(AudioChunk(rate=rate, width=2, channels=1,
-                                                      audio=to_int16_bytes(audio.samples[i:i + step])).event())
+            speech = iter(self.service.synthesizer.synthesize(piece))
+            try:
+                while (audio := await self._in_thread(self.service.speech, next, speech, None)) is not None:
+                    if rate is None:
+                        rate = audio.rate
+                        await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
+                    step = int(rate * TTS_CHUNK_SECONDS)
+                    for i in range(0, len(audio.samples), step):
+                        await self.write_event(AudioChunk(rate=rate, width=2, channels=1,
+                                                          audio=to_int16_bytes(audio.samples[i:i + step])).event())
+            finally:
+                # each sentence's buffers go back to the system, not to a thread's arena
+                await self._in_thread(self.service.speech, release_memory)
         if rate is None:
             await self.error("the synthesizer produced no audio", "empty_audio")
             return
