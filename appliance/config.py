@@ -52,6 +52,7 @@ class ReaderConfig:
     threshold: float = 0.15  # below this confidence the box says "I don't know" (see README, Results)
     rank_weight: float = 2.0  # passage choice: confidence / rank**rank_weight (0 = confidence alone)
     shared_norm: bool = False  # the model was trained with shared normalisation: one softmax over a question's passages
+    read_headings: bool = True  # the reader reads each passage's "document > section" path before its text
     threads: int = 2
 
 

@@ -123,6 +123,12 @@ class QAPipeline:
             return count
         return sum(1 for rank in range(count) if (rank + 1) ** -self.decision.rank_weight >= self.decision.threshold)
 
+    def predict(self, question: str, passages: list[Passage]) -> list[SpanPrediction | None]:
+        """The reader's best span in each passage, reading its "document > section" path first
+        when the config says so (the heading often names what the passage is about)."""
+        headings = [p.citation for p in passages] if self.reader.read_headings else None
+        return self.reader.predict([(question, p.text) for p in passages], headings=headings)
+
     def read_passages(self, question: str, passages: list[Passage],
                       every_passage: bool = False) -> list[SpanPrediction | None]:
         """The best span of each passage that could still change the answer, in rank order: a
@@ -130,14 +136,14 @@ class QAPipeline:
         choice score already read. The reader scores each window alone, so what is read scores as it
         would among all five, and the answer is the one reading all five would give."""
         if every_passage or not self.scores_are_bounded_by_rank():
-            return self.reader.predict([(question, p.text) for p in passages])
+            return self.predict(question, passages)
         weight = self.decision.rank_weight
         predictions: list[SpanPrediction | None] = [None] * len(passages)
         best = -1.0
         for rank in range(self.passages_that_can_answer(len(passages))):
             if (rank + 1) ** -weight <= best:  # ties go to the earlier passage
                 break
-            prediction = self.reader.predict([(question, passages[rank].text)])[0]
+            prediction = self.predict(question, [passages[rank]])[0]
             if prediction is not None:
                 predictions[rank] = replace(prediction, pair=rank)
                 best = max(best, choice_score(prediction.confidence, rank, weight))

@@ -74,10 +74,12 @@ class WindowSpan:
 
 
 def best_span(start_logits: np.ndarray, end_logits: np.ndarray, window: Window,
-              max_answer_tokens: int) -> WindowSpan | None:
-    """The best span of one window with the scores abstention needs; None without context."""
+              max_answer_tokens: int, answer_from: int = 0) -> WindowSpan | None:
+    """The best span of one window with the scores abstention needs; None without context. Context
+    tokens before character ``answer_from`` (a heading read before the passage) are read, never
+    answered from."""
     n = len(window)
-    context = np.array([off is not None for off in window.context_offsets])
+    context = np.array([off is not None and off[0] >= answer_from for off in window.context_offsets])
     allowed = context.copy()
     allowed[0] = True  # [CLS] = no answer
     s = np.where(allowed, start_logits[:n], -np.inf)
@@ -124,18 +126,27 @@ class Reader:
         self.model_dir, self.manifest = self.files.path, self.files.manifest
         self.tokenizer = load_tokenizer(self.files.file("tokenizer"))
         self.session = self.files.session(config.threads, onnx_name)
-        self.max_length, self.stride, self.max_answer_tokens = config.max_length, config.stride, config.max_answer_tokens
-        self.shared_norm = config.shared_norm
+        self.use_settings(config)
 
-    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 1) -> list[SpanPrediction | None]:
+    def use_settings(self, config: ReaderConfig) -> None:
+        """Windowing, span length and how scores and headings are read, from the config section."""
+        self.max_length, self.stride, self.max_answer_tokens = config.max_length, config.stride, config.max_answer_tokens
+        self.shared_norm, self.read_headings = config.shared_norm, config.read_headings
+
+    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 1,
+                headings: list[str] | None = None) -> list[SpanPrediction | None]:
         """Best span for every pair (None when no window has a context token). With shared
         normalisation the span with the highest logits of all the pair's windows, its confidence
         normalised over them all. One window per model run by default: the int8 model quantises
         activations over each run, so windows sharing a run (and its padding) shift each other's
         scores, and 6% of KB answers changed with what else was read. Read alone, a passage scores
         the same whatever else the box reads (what lets the pipeline skip passages that cannot
-        answer); evaluations of the model alone batch for speed."""
-        windows = [(p, w) for p, ws in enumerate(make_windows(self.tokenizer, pairs, self.max_length, self.stride))
+        answer); evaluations of the model alone batch for speed. ``headings``: one per pair, read
+        in front of its context ("heading. context") but never answered from; offsets stay the
+        context's."""
+        prefixes = [f"{h}. " if h else "" for h in headings] if headings else [""] * len(pairs)
+        read = [(q, prefix + c) for (q, c), prefix in zip(pairs, prefixes)]
+        windows = [(p, w) for p, ws in enumerate(make_windows(self.tokenizer, read, self.max_length, self.stride))
                    for w in ws]
         best: list[SpanPrediction | None] = [None] * len(pairs)
         partitions: list[Partition | None] = [None] * len(pairs)
@@ -144,15 +155,16 @@ class Reader:
             batch = [windows[k] for k in order[b : b + batch_size]]
             starts, ends = self._run([w for _, w in batch])
             for (pair, window), s_logits, e_logits in zip(batch, starts, ends):
-                found = best_span(s_logits, e_logits, window, self.max_answer_tokens)
+                skip = len(prefixes[pair])
+                found = best_span(s_logits, e_logits, window, self.max_answer_tokens, skip)
                 if found is None:
                     continue
                 known = partitions[pair]
                 partitions[pair] = found.partition if known is None else known.plus(found.partition)
                 current = best[pair]
                 if current is None or self._better(found, current):
-                    start_char = window.context_offsets[found.start][0]
-                    end_char = window.context_offsets[found.end][1]
+                    start_char = window.context_offsets[found.start][0] - skip
+                    end_char = window.context_offsets[found.end][1] - skip
                     text = pairs[pair][1][start_char:end_char]
                     best[pair] = SpanPrediction(pair, start_char, end_char, text, found.confidence, found.no_answer,
                                                 found.span_score, found.null_score, found.runner_up)

@@ -24,8 +24,7 @@ class TorchReader(Reader):
         self.torch = torch
         self.model = load_model(Path(checkpoint), "reader", attn="sdpa")
         self.tokenizer = load_tokenizer(Path(checkpoint) / "tokenizer.json")
-        self.max_length, self.stride, self.max_answer_tokens = config.max_length, config.stride, config.max_answer_tokens
-        self.shared_norm = config.shared_norm
+        self.use_settings(config)
 
     def _run(self, windows):
         width = max(len(w) for w in windows)

@@ -38,3 +38,10 @@ def test_answer_late_in_a_long_passage_uses_later_windows(reader):
 
 def test_context_without_tokens_gives_no_prediction(reader):
     assert reader.predict([("anything?", "")]) == [None]
+
+
+def test_a_heading_is_read_but_never_answered_from(reader):
+    question = "How long does the quick program take?"
+    [pred] = reader.predict([(question, DISHWASHER)], headings=["Quick program (older models: 25 minutes)"])
+    assert DISHWASHER[pred.start : pred.end] == pred.text == "30 minutes"  # offsets stay the passage's
+    assert reader.predict([(question, "")], headings=["Quick program: 30 minutes"]) == [None]
