@@ -144,6 +144,8 @@ class Reader:
         answer); evaluations of the model alone batch for speed. ``headings``: one per pair, read
         in front of its context ("heading. context") but never answered from; offsets stay the
         context's."""
+        if headings is not None and len(headings) != len(pairs):
+            raise ValueError(f"{len(headings)} headings for {len(pairs)} passages")
         prefixes = [f"{h}. " if h else "" for h in headings] if headings else [""] * len(pairs)
         read = [(q, prefix + c) for (q, c), prefix in zip(pairs, prefixes)]
         windows = [(p, w) for p, ws in enumerate(make_windows(self.tokenizer, read, self.max_length, self.stride))

@@ -1,6 +1,8 @@
 """The real int8 reader: finds known spans, abstains on unrelated passages."""
 from __future__ import annotations
 
+import pytest
+
 from appliance.config import Config
 
 THRESHOLD = Config().reader.threshold
@@ -45,3 +47,5 @@ def test_a_heading_is_read_but_never_answered_from(reader):
     [pred] = reader.predict([(question, DISHWASHER)], headings=["Quick program (older models: 25 minutes)"])
     assert DISHWASHER[pred.start : pred.end] == pred.text == "30 minutes"  # offsets stay the passage's
     assert reader.predict([(question, "")], headings=["Quick program: 30 minutes"]) == [None]
+    with pytest.raises(ValueError, match="1 headings for 2 passages"):
+        reader.predict([(question, DISHWASHER), (question, OVEN)], headings=["Dishwasher"])
