@@ -31,11 +31,8 @@ from appliance.speech.devices import WavFileSource, WavSink
 from appliance.speech.tts import PiperSynthesizer, default_piper_voice
 from appliance.speech.vad import Endpointer, EndpointSettings, SileroVad
 from appliance.voice import VoiceLoop
+from benchmarks.ask_latency import percentile
 from benchmarks.asr_wer import kb_questions
-
-
-def percentile(values: list[float], q: float) -> float:
-    return round(float(np.percentile(values, q)), 1)
 
 
 def paced(frames, frame_s: float = CHUNK_SAMPLES / SAMPLE_RATE):
