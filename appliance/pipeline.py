@@ -191,7 +191,11 @@ class QAPipeline:
     def ask(self, question: str, top_k: int | None = None) -> Answer:
         question = normalize_question(question, self.limits.max_question_chars)
         self.check_question_tokens(question)
-        reading = self.read(question, top_k)
+        return self.answer(question, self.read(question, top_k))
+
+    def answer(self, question: str, reading: Reading) -> Answer:
+        """The decision over what was read: the best-scoring span, or "I don't know" under the
+        threshold (the one place the rule is applied, for ``ask`` and for benchmarks alike)."""
         timings = dict(reading.timings_ms)
         candidates = [Source.of(p) for p in reading.passages]
         chosen = reading.best()

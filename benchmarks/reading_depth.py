@@ -27,11 +27,7 @@ WAYS = {"passages that can answer (shipped)": False, "all five passages": True}
 def decision(pipe: QAPipeline, question: str, every_passage: bool) -> tuple[str, int]:
     """The answer text ("" for "I don't know") and how many passages the reader read."""
     reading = pipe.read(question, every_passage=every_passage)
-    best = reading.best()
-    read = sum(p is not None for p in reading.predictions)
-    if best is None or reading.probabilities[best] < pipe.decision.threshold:
-        return "", read
-    return reading.predictions[best].text, read
+    return pipe.answer(question, reading).text, sum(p is not None for p in reading.predictions)
 
 
 def main(argv: list[str] | None = None) -> None:
