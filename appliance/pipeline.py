@@ -123,11 +123,16 @@ class QAPipeline:
             return count
         return sum(1 for rank in range(count) if (rank + 1) ** -self.decision.rank_weight >= self.decision.threshold)
 
-    def predict(self, question: str, passages: list[Passage]) -> list[SpanPrediction | None]:
-        """The reader's best span in each passage, reading its "document > section" path first
-        when the config says so (the heading often names what the passage is about)."""
+    def reader_inputs(self, question: str, passages: list[Passage]) -> tuple[list[tuple[str, str]], list[str] | None]:
+        """(question, text) pairs and, when the config says so, each passage's "document >
+        section" path for the reader to read first (the heading often names what it is about)."""
         headings = [p.citation for p in passages] if self.reader.read_headings else None
-        return self.reader.predict([(question, p.text) for p in passages], headings=headings)
+        return [(question, p.text) for p in passages], headings
+
+    def predict(self, question: str, passages: list[Passage]) -> list[SpanPrediction | None]:
+        """The reader's best span in each passage."""
+        pairs, headings = self.reader_inputs(question, passages)
+        return self.reader.predict(pairs, headings=headings)
 
     def read_passages(self, question: str, passages: list[Passage],
                       every_passage: bool = False) -> list[SpanPrediction | None]:

@@ -144,12 +144,8 @@ class Reader:
         answer); evaluations of the model alone batch for speed. ``headings``: one per pair, read
         in front of its context ("heading. context") but never answered from; offsets stay the
         context's."""
-        if headings is not None and len(headings) != len(pairs):
-            raise ValueError(f"{len(headings)} headings for {len(pairs)} passages")
-        prefixes = [f"{h}. " if h else "" for h in headings] if headings else [""] * len(pairs)
-        read = [(q, prefix + c) for (q, c), prefix in zip(pairs, prefixes)]
-        windows = [(p, w) for p, ws in enumerate(make_windows(self.tokenizer, read, self.max_length, self.stride))
-                   for w in ws]
+        prefixes, per_pair = self.windows(pairs, headings)
+        windows = [(p, w) for p, ws in enumerate(per_pair) for w in ws]
         best: list[SpanPrediction | None] = [None] * len(pairs)
         partitions: list[Partition | None] = [None] * len(pairs)
         order = sorted(range(len(windows)), key=lambda k: len(windows[k][1]))
@@ -172,6 +168,16 @@ class Reader:
                                                 found.span_score, found.null_score, found.runner_up)
         best = [None if b is None else replace(b, partition=partitions[b.pair]) for b in best]
         return [shared_confidences([b])[0] for b in best] if self.shared_norm else best
+
+    def windows(self, pairs: list[tuple[str, str]],
+                headings: list[str] | None = None) -> tuple[list[str], list[list[Window]]]:
+        """What the model reads of each pair: the heading prefix put before its context ("" when
+        none) and its windows of question + prefix + context."""
+        if headings is not None and len(headings) != len(pairs):
+            raise ValueError(f"{len(headings)} headings for {len(pairs)} passages")
+        prefixes = [f"{h}. " if h else "" for h in headings] if headings else [""] * len(pairs)
+        read = [(q, prefix + c) for (q, c), prefix in zip(pairs, prefixes)]
+        return prefixes, make_windows(self.tokenizer, read, self.max_length, self.stride)
 
     def _better(self, found: WindowSpan, current: SpanPrediction) -> bool:
         if self.shared_norm:

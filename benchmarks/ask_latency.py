@@ -76,14 +76,13 @@ def cold_start(index_dir: Path, question: str) -> dict:
 
 
 def tokenise_ms(pipe, question: str) -> float:
-    """The reader's tokenisation of this question's (question, passage) pairs alone, timed apart."""
-    from appliance.windows import make_windows
-
+    """The reader's tokenisation of this question's passages that can answer (headings included,
+    as the box reads them), timed apart: an upper bound, since early stopping may read fewer."""
     hits = pipe.retrieve(question)
-    pairs = [(question, pipe.index.passages[h.index].text) for h in hits[: pipe.passages_that_can_answer(len(hits))]]
-    reader = pipe.reader
+    passages = [pipe.index.passages[h.index] for h in hits[: pipe.passages_that_can_answer(len(hits))]]
+    pairs, headings = pipe.reader_inputs(question, passages)
     t = time.perf_counter()
-    make_windows(reader.tokenizer, pairs, reader.max_length, reader.stride)
+    pipe.reader.windows(pairs, headings)
     return (time.perf_counter() - t) * 1000
 
 

@@ -92,7 +92,8 @@ def default_piper_voice() -> Path | None:
 DECODER_WINDOW_FRAMES = 64  # latent frames per run of Piper's decoder (0.74 s of audio at 22,050 Hz)
 # Piper's output is scaled by one fixed gain instead of piper's per-sentence peak normalisation, which
 # needs the whole sentence before its first sample can be played. joe-medium's raw peaks over 110 of the
-# box's spoken answer sentences (with the voice's noise): 0.38-0.76, median 0.55; x1.3 keeps the
+# box's spoken answer sentences (with the voice's noise; the answers to 120 KB questions rendered
+# with normalize_audio off, a throwaway script, 2026-12-04): 0.38-0.76, median 0.55; x1.3 keeps the
 # loudest under full scale and every sentence at the same loudness. Louder voices are clipped.
 PIPER_GAIN = 1.3
 
