@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,28 @@ def retrieved_negatives(examples: list[SquadExample], share: float, seed: int) -
     return negatives
 
 
+def heading_of(title: str) -> str:
+    """An article title as the box writes a heading ("Frédéric_Chopin" → "Frédéric Chopin")."""
+    return " ".join(title.replace("_", " ").split())
+
+
+def with_headings(examples: list[SquadExample], share: float, seed: int) -> list[SquadExample]:
+    """A share of the examples read as the box reads a passage: "Title. context", the answer
+    offsets moved past the prefix. The box puts each passage's heading path before it, so the
+    reader should learn to use a heading without answering from it. Chosen per paragraph (a
+    seeded hash of its text), so a paragraph reads the same for each of its questions."""
+    out = []
+    for ex in examples:
+        heading = heading_of(ex.title)
+        if not heading or zlib.crc32(f"{seed}:{ex.context}".encode()) / 2**32 >= share:
+            out.append(ex)
+            continue
+        prefix = f"{heading}. "
+        out.append(replace(ex, context=prefix + ex.context,
+                           answer_starts=tuple(s + len(prefix) if s >= 0 else s for s in ex.answer_starts)))
+    return out
+
+
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epochs: int) -> list[list[int]]:
     """A fresh bucketed order per epoch, the same on every resume (seeded)."""
     return [b for e in range(epochs) for b in bucketed_batches(lengths, batch_size, seed + 1000 * e)]
@@ -120,8 +143,8 @@ def warm_start(model, source: Path) -> str:
 # What makes two runs of the job the same schedule: the same windows, in the same order, at the same
 # rate (see training.shipped_position).
 SCHEDULE = ("features_per_epoch", "retrieved_negatives", "synthetic_unanswerables", "epochs", "planned_steps",
-            "max_length", "stride", "batch_size", "lr", "warmup", "keep_negative", "seed", "shared_norm")
-RECORD_DEFAULTS = {"synthetic_unanswerables": 0, "warmup": 0.03, "seed": 13, "shared_norm": 0}  # older records lack
+            "max_length", "stride", "batch_size", "lr", "warmup", "keep_negative", "seed", "shared_norm", "heading_share")
+RECORD_DEFAULTS = {"synthetic_unanswerables": 0, "warmup": 0.03, "seed": 13, "shared_norm": 0, "heading_share": 0.0}  # older records lack
 
 
 def export_snapshot(checkpoint: Path, base: Path, out: Path) -> None:
@@ -151,6 +174,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic-unanswerable", type=float, default=0.0,
                    help="share of answerable questions also asked changed (a name, number or word the paragraph "
                         "lacks) over their own paragraph, labelled no-answer (build_tools/unanswerable.py)")
+    p.add_argument("--heading-share", type=float, default=0.0,
+                   help="share of paragraphs read with their article's title in front (\"Title. context\"), as the "
+                        "box reads each passage with its heading path")
     p.add_argument("--shared-norm", type=int, default=0, metavar="PASSAGES",
                    help="train each question over its paragraph and PASSAGES-1 BM25-retrieved ones of its article "
                         "with one softmax across all their windows (build_tools/shared_norm.py; 0 = one window "
@@ -179,11 +205,15 @@ def training_data(args, tokenizer) -> TrainingData:
     if args.limit:
         examples = examples[: args.limit]
     if getattr(args, "shared_norm", 0):
+        if args.heading_share > 0:
+            raise SystemExit("--heading-share is not supported with --shared-norm")
         return grouped_training_data(args, tokenizer, examples)
     negatives = retrieved_negatives(examples, args.retrieved_negatives, args.seed)
     made = synthetic_unanswerables(examples, args.synthetic_unanswerable, args.seed) \
         if args.synthetic_unanswerable > 0 else []
-    features = build_features(examples + negatives + made, tokenizer, args.max_length, args.stride,
+    read = with_headings(examples + negatives + made, args.heading_share, args.seed) \
+        if args.heading_share > 0 else examples + negatives + made
+    features = build_features(read, tokenizer, args.max_length, args.stride,
                               args.keep_negative, args.seed)
     lengths = [len(f[0]) for f in features]
     return TrainingData(len(examples), len(negatives), len(made), features,
@@ -236,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
               "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size, "lr": args.lr,
               "warmup": args.warmup, "keep_negative": args.keep_negative, "seed": args.seed,
               "attention_dropout": args.attention_dropout, "shared_norm": args.shared_norm,
+              "heading_share": args.heading_share,
               "windows_per_epoch": data.windows, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
     step, record = resume(job.checkpoint, model, opt.optimizer, opt.scheduler, record)
     if not job.checkpoint.exists():

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The training queue: one job at a time, in the order reader → reader-shared → retriever → student
-# (reader-shared: the reader job's final model trained on, each question over several passages with
-# one softmax across them, build_tools/shared_norm.py; student: the reader's distilled student, from
-# the reader job's final model). Each job lives in its
+# The training queue: one job at a time, in the order reader → reader-headings → student
+# (reader-headings: the reader job's final model trained on, half the paragraphs read as
+# "Title. context" the way the box reads "heading path. passage"; student: the reader's distilled
+# student, from the reader job's final model). Jobs that ran to their end and were measured and not
+# shipped run only by name: reader-shared (each question over several passages with one softmax
+# across them, build_tools/shared_norm.py) and retriever. Each job lives in its
 # folder outside the repository (~/.cache/appliance/train/JOB, or $APPLIANCE_TRAIN_DIR/JOB) with
 # its checkpoints, log (train.log) and PID; a job is finished when its folder holds final/.
 #
@@ -10,8 +12,9 @@
 #                                 finishes, go on to the next (a job that is already running is
 #                                 waited for first). Extra arguments per job: READER_ARGS="…",
 #                                 RETRIEVER_ARGS="…", STUDENT_ARGS="…".
-#   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | reader-shared | retriever |
-#                                 student), ARGS to its `python -m build_tools train-…` command.
+#   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | reader-headings | student |
+#                                 reader-shared | retriever), ARGS to its `python -m build_tools train-…`
+#                                 command.
 #
 # Jobs run under nice (10: they still get a share beside foreground work; nice 19 starves them),
 # with jemalloc when available. Pause a job with kill -STOP "$(cat JOB/pid)", resume with -CONT;
@@ -21,7 +24,8 @@ set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 ROOT=${APPLIANCE_TRAIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/appliance/train}
-JOBS=(reader reader-shared retriever student)
+JOBS=(reader reader-headings student)  # the queue
+BY_NAME=(reader-shared retriever)      # finished once, measured, not shipped: only when asked for
 mkdir -p "$ROOT"
 
 # No pipe here ends its reader early (grep -q, awk's exit): under pipefail the writer's SIGPIPE
@@ -52,6 +56,8 @@ setup() {  # jemalloc and the build extra, once (TRAIN_SETUP=0 skips this)
 
 job_command() {  # job_command JOB: the build_tools command and fixed arguments of a job
     case $1 in
+        reader-headings) echo "train-reader --warm-start $ROOT/reader/final --heading-share 0.5 --lr 3e-5 \
+--warmup 0.05 --epochs 1 --max-steps 1600";;
         reader-shared) echo "train-reader --warm-start $ROOT/reader/final --shared-norm 3 --lr 3e-5 --warmup 0.05 \
 --epochs 1 --max-steps 2000";;
         *) echo "train-$1";;
@@ -76,7 +82,8 @@ launch() {  # launch JOB [ARGS]: start the job's command in the background, PID 
 
 if [ $# -gt 0 ] && [ "$1" != "--queue" ]; then  # one job by name
     job=$1; shift
-    case " ${JOBS[*]} " in *" $job "*) ;; *) echo "unknown job $job (one of: ${JOBS[*]})" >&2; exit 2;; esac
+    case " ${JOBS[*]} ${BY_NAME[*]} " in *" $job "*) ;;
+        *) echo "unknown job $job (one of: ${JOBS[*]} ${BY_NAME[*]})" >&2; exit 2;; esac
     if running "$job"; then
         echo "already running: PID $(cat "$ROOT/$job/pid"), log $ROOT/$job/train.log"; exit 0
     fi

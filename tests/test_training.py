@@ -179,3 +179,33 @@ def test_sigterm_ends_the_job_with_a_checkpoint(tiny_dirs, tmp_path):
     assert '"stopped": "asked to stop' in rest
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["step"] >= 0 and state["record"]["sessions"][0]["started_step"] == 0
+
+
+def test_headings_are_read_in_front_of_the_context_and_the_answer_still_labelled(tiny_dirs, tmp_path):
+    from appliance.windows import load_tokenizer, make_windows
+    from build_tools.squad import label_window, load_squad
+    from build_tools.train_reader import with_headings
+
+    examples = load_squad(TINY_SQUAD)
+    headed = with_headings(examples, 1.0, seed=13)
+    tokenizer = load_tokenizer(tiny_dirs["reader"] / "tokenizer.json")
+    for before, after in zip(examples, headed):
+        assert after.context.endswith(before.context) and after.context != before.context
+        for text, start in zip(after.answers, after.answer_starts):
+            assert after.context[start : start + len(text)] == text
+        window = make_windows(tokenizer, [(after.question, after.context)], 256, 96)[0][0]
+        start, end = label_window(window, after)
+        if not after.is_impossible:
+            first, last = window.context_offsets[start][0], window.context_offsets[end][1]
+            assert first >= len(after.context) - len(before.context)  # never inside the heading
+            assert after.context[first:last] == after.answers[0]
+    assert with_headings(examples, 0.0, seed=13) == examples
+    read_as: dict[str, set[str]] = {}
+    for before, after in zip(examples, with_headings(examples, 0.5, seed=13)):
+        read_as.setdefault(before.context, set()).add(after.context)
+    assert all(len(forms) == 1 for forms in read_as.values())  # a paragraph reads the same for each question
+
+    lines = train(tiny_dirs["reader"], tmp_path / "job", "--warm-start", "none", "--heading-share", "1.0",
+                  "--max-steps", "1")
+    assert json.loads((tmp_path / "job" / "final" / "training.json").read_text())["heading_share"] == 1.0
+    assert lines[-1]["steps"] == 1
