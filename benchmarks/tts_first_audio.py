@@ -22,14 +22,6 @@ from benchmarks.ask_latency import percentile
 from benchmarks.ort_spinning import paused, timing_args
 
 
-def whole_sentences(piper: PiperSynthesizer) -> Callable[[str], Iterator[Audio]]:
-    """The same voice as before streaming: piper's own loop, one sentence's audio at a time."""
-    def synthesize(text: str) -> Iterator[Audio]:
-        for chunk in piper._voice.synthesize(text, syn_config=piper._options):
-            yield Audio(chunk.audio_float_array, chunk.sample_rate)
-    return synthesize
-
-
 def time_answer(synthesize: Callable[[str], Iterator[Audio]], text: str) -> dict[str, float]:
     start = time.perf_counter()
     first, seconds = None, 0.0
@@ -48,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     pipeline = runtime.load_pipeline(Config())
     answers = [pipeline.ask(q).spoken() for q in questions]
     piper = PiperSynthesizer(voice)
-    synthesizers = {"piper streamed": piper.synthesize, "piper whole sentences": whole_sentences(piper),
+    synthesizers = {"piper streamed": piper.synthesize, "piper whole sentences": piper.synthesize_whole_sentences,
                     "espeak-ng": EspeakSynthesizer().synthesize}
     for synthesize in synthesizers.values():  # warm up
         list(synthesize("Warming up."))

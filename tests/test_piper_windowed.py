@@ -167,3 +167,11 @@ def test_a_graph_without_a_decoder_is_not_cut(tmp_path):
     with pytest.raises(piper_split.CutError, match="no HiFi-GAN decoder"):
         piper_split.write_parts(tmp_path / "voice.onnx", tmp_path)
     assert not (tmp_path / "cut.json").exists()
+
+
+@pytest.mark.slow
+def test_whole_sentences_come_one_piece_per_sentence_with_the_streamed_audios_length(piper):
+    text = "Preheat the oven for ten minutes. Then put the bread on the middle shelf."
+    whole, streamed = list(piper.synthesize_whole_sentences(text)), list(piper.synthesize(text))
+    assert len(whole) == 2 and len(streamed) >= 2
+    assert sum(len(a.samples) for a in whole) == sum(len(a.samples) for a in streamed)

@@ -142,6 +142,12 @@ class PiperSynthesizer:
                 for samples in self._sentence_audio(self._voice.phonemes_to_ids(phonemes)):
                     yield Audio(np.clip(samples.reshape(-1) * PIPER_GAIN, -1.0, 1.0).astype(np.float32), rate)
 
+    def synthesize_whole_sentences(self, text: str) -> Iterator[Audio]:
+        """The same voice unstreamed: piper's own loop, each sentence's audio once it is all made
+        (what the box did before streaming; benchmarks compare the two)."""
+        for chunk in self._voice.synthesize(text, syn_config=self._options):
+            yield Audio(chunk.audio_float_array, chunk.sample_rate)
+
     def _sentence_audio(self, phoneme_ids: list[int]) -> Iterator[np.ndarray]:
         """One sentence's raw audio: window by window from the cut voice, else whole."""
         if self.windowed:
