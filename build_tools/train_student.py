@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
               "retrieved_negatives": data.retrieved_negatives, "epochs": args.epochs, "planned_steps": total_steps,
               "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size, "lr": args.lr,
               "temperature": args.temperature, "alpha": args.alpha, "keep_negative": args.keep_negative,
+              "heading_share": args.heading_share,
               "attention_dropout": args.attention_dropout, "windows_trained": 0, "train_minutes": 0.0, "sessions": []}
     step, record = resume(job.checkpoint, student, opt.optimizer, opt.scheduler, record,
                           must_match=("teacher", "layers"))
