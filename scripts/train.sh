@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The training queue: one job at a time, in the order reader → reader-headings → student
-# (reader-headings: the reader job's final model trained on, half the paragraphs read as
-# "Title. context" the way the box reads "heading path. passage"; student: the reader's distilled
-# student, from the reader job's final model). Jobs that ran to their end and were measured and not
-# shipped run only by name: reader-shared (each question over several passages with one softmax
-# across them, build_tools/shared_norm.py) and retriever. Each job lives in its
+# The training queue: one job at a time, in the order reader → student (student: the reader's
+# distilled student, from the reader job's final model). Jobs that ran to their end and were
+# measured and not shipped run only by name: reader-shared (each question over several passages
+# with one softmax across them, build_tools/shared_norm.py), reader-headings (half the paragraphs
+# read as "Title. context", the way the box reads "heading path. passage") and retriever. Each job
+# lives in its
 # folder outside the repository (~/.cache/appliance/train/JOB, or $APPLIANCE_TRAIN_DIR/JOB) with
 # its checkpoints, log (train.log) and PID; a job is finished when its folder holds final/.
 #
@@ -12,8 +12,8 @@
 #                                 finishes, go on to the next (a job that is already running is
 #                                 waited for first). Extra arguments per job: READER_ARGS="…",
 #                                 RETRIEVER_ARGS="…", STUDENT_ARGS="…".
-#   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | reader-headings | student |
-#                                 reader-shared | retriever), ARGS to its `python -m build_tools train-…`
+#   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | student | reader-shared |
+#                                 reader-headings | retriever), ARGS to its `python -m build_tools train-…`
 #                                 command.
 #
 # Jobs run under nice (10: they still get a share beside foreground work; nice 19 starves them),
@@ -24,8 +24,8 @@ set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 ROOT=${APPLIANCE_TRAIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/appliance/train}
-JOBS=(reader reader-headings student)  # the queue
-BY_NAME=(reader-shared retriever)      # finished once, measured, not shipped: only when asked for
+JOBS=(reader student)                            # the queue
+BY_NAME=(reader-shared reader-headings retriever)  # finished once, measured, not shipped: only when asked for
 mkdir -p "$ROOT"
 
 # No pipe here ends its reader early (grep -q, awk's exit): under pipefail the writer's SIGPIPE
