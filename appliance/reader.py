@@ -117,6 +117,12 @@ def shared_confidences(predictions: list[SpanPrediction | None]) -> list[SpanPre
                                            no_answer=no_answer) for p in predictions]
 
 
+def heading_prefix(heading: str) -> str:
+    """What the reader reads before a passage's text: "heading. " ("" without one); training
+    (build_tools.train_reader --heading-share) writes its titles the same way."""
+    return f"{heading}. " if heading else ""
+
+
 class Reader:
     """Owns one ORT session; maps (question, context) pairs to their best spans. Windowing and
     threads come from the reader's config section."""
@@ -175,7 +181,7 @@ class Reader:
         none) and its windows of question + prefix + context."""
         if headings is not None and len(headings) != len(pairs):
             raise ValueError(f"{len(headings)} headings for {len(pairs)} passages")
-        prefixes = [f"{h}. " if h else "" for h in headings] if headings else [""] * len(pairs)
+        prefixes = [heading_prefix(h) for h in headings] if headings else [""] * len(pairs)
         read = [(q, prefix + c) for (q, c), prefix in zip(pairs, prefixes)]
         return prefixes, make_windows(self.tokenizer, read, self.max_length, self.stride)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from appliance.reader import heading_prefix
 from appliance.windows import load_tokenizer, make_windows
 from build_tools.compress.common import run_steps
 from build_tools.paths import DEFAULT_TRAIN_FILES, PROJECT_ROOT
@@ -111,7 +112,7 @@ def with_headings(examples: list[SquadExample], share: float, seed: int) -> list
         if not heading or zlib.crc32(f"{seed}:{ex.context}".encode()) / 2**32 >= share:
             out.append(ex)
             continue
-        prefix = f"{heading}. "
+        prefix = heading_prefix(heading)
         out.append(replace(ex, context=prefix + ex.context,
                            answer_starts=tuple(s + len(prefix) if s >= 0 else s for s in ex.answer_starts)))
     return out
@@ -211,8 +212,7 @@ def training_data(args, tokenizer) -> TrainingData:
     negatives = retrieved_negatives(examples, args.retrieved_negatives, args.seed)
     made = synthetic_unanswerables(examples, args.synthetic_unanswerable, args.seed) \
         if args.synthetic_unanswerable > 0 else []
-    read = with_headings(examples + negatives + made, args.heading_share, args.seed) \
-        if args.heading_share > 0 else examples + negatives + made
+    read = with_headings(examples + negatives + made, args.heading_share, args.seed)
     features = build_features(read, tokenizer, args.max_length, args.stride,
                               args.keep_negative, args.seed)
     lengths = [len(f[0]) for f in features]
