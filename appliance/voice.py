@@ -20,6 +20,7 @@ from appliance.config import SpeechConfig
 from appliance.errors import ApplianceError
 from appliance.schema import Answer, Answered, BargeIn, Done, Heard, Listening, Partial, Speaking, VoiceEvent, Wake
 from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE, Audio
+from appliance.speech.devices import Sink
 from appliance.speech.recognizer import Recognizer
 from appliance.speech.tts import Synthesizer
 from appliance.speech.vad import Endpointer, EndpointSettings, SileroVad
@@ -60,7 +61,7 @@ class VoiceParts:
 
 
 class VoiceLoop:
-    def __init__(self, parts: VoiceParts, ask: Callable[[str], Answer], sink, listen: str = SpeechConfig.listen,
+    def __init__(self, parts: VoiceParts, ask: Callable[[str], Answer], sink: Sink, listen: str = SpeechConfig.listen,
                  barge_in: bool = SpeechConfig.barge_in, on_event: Callable[[dict], None] | None = None):
         if listen not in LISTEN_MODES:
             raise ApplianceError(f"unknown listen mode {listen!r} ({', '.join(LISTEN_MODES)})")
@@ -208,6 +209,7 @@ class VoiceLoop:
         audio = next(self._speech, None)
         if audio is None:
             self._speech = None
+            self.sink.flush()
             return False
         self.sink.play(audio)
         return True

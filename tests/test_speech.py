@@ -15,6 +15,7 @@ from appliance.errors import ConfigError, ModelError
 from appliance.speech.adapt import arpa_trigram, ipa_to_cmu, spoken_form
 from appliance.speech.asr import PocketsphinxRecognizer, VoskRecognizer, transcribe
 from appliance.speech.audio import SAMPLE_RATE, Audio, AudioError, chunks, joined, read_wav, resample
+from appliance.speech.devices import WavSink
 from appliance.speech.tts import sentences, wav_bytes_to_audio
 from appliance.speech.vad import Endpointer, EndpointSettings, SileroVad
 from appliance.speech.wake import WakePhraseSpotter
@@ -149,6 +150,46 @@ def test_pieces_of_one_stream_are_resampled_without_seams():
     with pytest.raises(AudioError, match="different rates"):
         joined([Audio(tone, 22050), Audio(tone, 16000)], SAMPLE_RATE)
     assert joined([], SAMPLE_RATE).size == 0
+
+
+def _tone(rate: int, seconds: float = 1.0) -> np.ndarray:
+    return (np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate) * 0.5).astype(np.float32)
+
+
+def _play_through(sink: WavSink, pieces: list[Audio]) -> Audio:
+    for piece in pieces:
+        sink.play(piece)
+    sink.flush()
+    sink.advance(sink.buffered_seconds() + 1.0)
+    return read_wav(sink.finish())
+
+
+def test_a_sink_at_another_rate_plays_the_pieces_of_an_answer_as_one_stream(tmp_path):
+    tone = _tone(22050)
+    pieces = [Audio(tone[i:i + 2000], 22050) for i in range(0, len(tone), 2000)]
+    played = _play_through(WavSink(tmp_path, rate=48000), pieces)
+    whole = resample(tone, 22050, 48000)
+    assert played.rate == 48000 and len(played.samples) == len(whole)  # nothing held back is lost
+    assert np.abs(played.samples - whole).max() < 2 / 32768  # no seams: equal to the WAV's rounding
+
+
+def test_a_cut_off_answer_leaves_nothing_in_the_next_one(tmp_path):
+    sink = WavSink(tmp_path, rate=48000)
+    sink.play(Audio(_tone(22050, 0.5), 22050))
+    sink.advance(0.1)
+    sink.stop()  # barge-in: what the resampler held of the first answer must not open the second
+    sink.finish()
+    second = _tone(16000)
+    played = _play_through(sink, [Audio(second[:7000], 16000), Audio(second[7000:], 16000)])
+    whole = resample(second, 16000, 48000)
+    assert len(played.samples) == len(whole) and np.abs(played.samples - whole).max() < 2 / 32768
+
+
+def test_a_stream_that_changes_rate_ends_the_first_part_before_the_second(tmp_path):
+    low, native = _tone(16000, 0.5), _tone(48000, 0.5)
+    played = _play_through(WavSink(tmp_path, rate=48000), [Audio(low, 16000), Audio(native, 48000)])
+    expected = np.concatenate([resample(low, 16000, 48000), native])
+    assert len(played.samples) == len(expected) and np.abs(played.samples - expected).max() < 2 / 32768
 
 
 def test_piper_voice_renders_audio(piper):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from speech_fixtures import render, save, silence
 
 from appliance.config import Config
 from appliance.runtime import voice_parts
-from appliance.speech.audio import AudioError, read_wav
+from appliance.speech.audio import AudioError, joined, read_wav
 from appliance.speech.devices import WavFileSource, WavSink
 from appliance.voice import VoiceLoop
 
@@ -71,6 +72,18 @@ def test_espeak_question_finds_the_right_section(tmp_path, espeak, pipeline):
     assert turns[0].answer.source.section[-1] == "Alcohol"
     assert "Metformin" in turns[0].spoken
     assert read_wav(sink.written[0]).seconds > 2.0
+
+
+def test_an_answer_played_at_another_rate_loses_no_audio(tmp_path, espeak, pipeline):
+    """A sink at 48 kHz resamples the answer as one stream; the loop hands over its held-back tail."""
+    wav = save(tmp_path / "q.wav", render(espeak, "Can I drink alcohol while taking metformin?"))
+    parts = replace(voice_parts(voice_config(barge_in=False), pipeline.index), synthesizer=espeak)  # deterministic
+    sink = WavSink(tmp_path / "out", rate=48000)
+    turns = list(VoiceLoop(parts, pipeline.ask, sink, "always", False).run(WavFileSource(wav).frames()))
+    said = read_wav(sink.written[0])
+    expected = joined(parts.synthesizer.synthesize(turns[0].spoken), 48000)
+    assert said.rate == 48000 and len(said.samples) == len(expected)
+    assert np.abs(said.samples - np.clip(expected, -1, 1)).max() < 2 / 32768  # the WAV clips and rounds
 
 
 def test_barge_in_stops_the_answer_and_the_interruption_is_answered(tmp_path, piper, pipeline):

@@ -40,6 +40,43 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(samples.astype(np.float32, copy=False), from_rate, to_rate).astype(np.float32)
 
 
+class StreamResampler:
+    """Resamples the pieces of one stream as they come (a synthesizer's sentences or windows) to a
+    sink's rate, carrying the filter's state across pieces: each piece resampled alone would meet
+    the next with a seam. soxr holds back a few samples; ``flush`` hands them over at the end."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self._from: int | None = None
+        self._stream = None
+
+    def push(self, audio: Audio) -> np.ndarray:
+        """Audio at ``rate`` for this piece (less a few samples held back when resampling)."""
+        if audio.rate == self.rate and self._stream is None:
+            return audio.samples.astype(np.float32, copy=False)
+        head = np.zeros(0, dtype=np.float32)
+        if self._from != audio.rate:  # a new rate is a new stream: end the old one first
+            head = self.flush()
+            if audio.rate == self.rate:
+                return np.concatenate([head, audio.samples.astype(np.float32, copy=False)])
+            import soxr
+
+            self._stream, self._from = soxr.ResampleStream(audio.rate, self.rate, 1, dtype="float32"), audio.rate
+        return np.concatenate([head, self._stream.resample_chunk(audio.samples.astype(np.float32, copy=False))])
+
+    def flush(self) -> np.ndarray:
+        """The stream ended: the samples still held back."""
+        if self._stream is None:
+            return np.zeros(0, dtype=np.float32)
+        tail = self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        self.reset()
+        return tail.astype(np.float32, copy=False)
+
+    def reset(self) -> None:
+        """Drop the stream (an answer cut off): the next piece starts a new one."""
+        self._stream, self._from = None, None
+
+
 def joined(parts: Iterable[Audio], rate: int) -> np.ndarray:
     """Consecutive pieces of one stream (a synthesizer's sentences or windows) at ``rate``,
     resampled as one: resampled piece by piece they would meet with a seam at every boundary."""

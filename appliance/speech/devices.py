@@ -11,10 +11,12 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from appliance.speech.audio import CHUNK_SAMPLES, SAMPLE_RATE, Audio, AudioError, chunks, read_wav, resample, write_wav
+from appliance.speech.audio import (CHUNK_SAMPLES, SAMPLE_RATE, Audio, AudioError, StreamResampler, chunks, read_wav,
+                                    write_wav)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,18 @@ class MicrophoneSource:
             pass
 
 
+class Sink(Protocol):
+    """Where the voice loop sends an answer's audio, piece by piece as it is synthesized."""
+
+    def play(self, audio: Audio) -> None: ...
+    def flush(self) -> None: ...  # the answer's last piece was played: queue what resampling held back
+    def buffered_seconds(self) -> float: ...
+    def advance(self, seconds: float) -> None: ...
+    def playing(self) -> bool: ...
+    def stop(self) -> None: ...
+    def finish(self) -> Path | None: ...
+
+
 class WavSink:
     """Collects what was played of each answer and writes ``answer-NNN.wav`` when it ends."""
 
@@ -94,9 +108,13 @@ class WavSink:
         self._pending: list[np.ndarray] = []  # queued, not yet played
         self._played: list[np.ndarray] = []
         self.written: list[Path] = []
+        self._resampler = StreamResampler(rate)
 
     def play(self, audio: Audio) -> None:
-        self._pending.append(resample(audio.samples, audio.rate, self.rate))
+        self._pending.append(self._resampler.push(audio))
+
+    def flush(self) -> None:
+        self._pending.append(self._resampler.flush())
 
     def buffered_seconds(self) -> float:
         return sum(len(a) for a in self._pending) / self.rate
@@ -117,10 +135,12 @@ class WavSink:
 
     def stop(self) -> None:
         self._pending.clear()
+        self._resampler.reset()
 
     def finish(self) -> Path | None:
         """End of one answer: write what was played."""
         self._pending.clear()
+        self._resampler.reset()
         if not self._played:
             return None
         self.count += 1
@@ -139,6 +159,7 @@ class SpeakerSink:
         self.rate = rate
         self._lock = threading.Lock()
         self._buffer = np.zeros(0, dtype=np.float32)
+        self._resampler = StreamResampler(rate)
 
         def callback(outdata, frames, _time, _status) -> None:
             with self._lock:
@@ -155,7 +176,12 @@ class SpeakerSink:
             raise AudioError(f"cannot open speaker {device or '(default)'}: {exc}") from None
 
     def play(self, audio: Audio) -> None:
-        samples = resample(audio.samples, audio.rate, self.rate)
+        self._queue(self._resampler.push(audio))
+
+    def flush(self) -> None:
+        self._queue(self._resampler.flush())
+
+    def _queue(self, samples: np.ndarray) -> None:
         with self._lock:
             self._buffer = np.concatenate([self._buffer, samples])
 
@@ -172,9 +198,10 @@ class SpeakerSink:
     def stop(self) -> None:
         with self._lock:
             self._buffer = np.zeros(0, dtype=np.float32)
+        self._resampler.reset()
 
     def finish(self) -> None:
-        return None
+        self._resampler.reset()
 
     def close(self) -> None:
         try:
