@@ -16,8 +16,28 @@ STOPWORDS = frozenset(
 )
 
 
+# Raised whenever tokenize changes the terms an index holds, so older indexes are rebuilt
+# (2: contractions and possessives split, typographic apostrophes read as ASCII ones).
+TOKENS_VERSION = 2
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
+_CLITIC = re.compile(r"'(?:s|m|re|ll|ve|d)$")
+_IRREGULAR_NEGATIONS = {"can't": ("can", "not"), "won't": ("will", "not"), "shan't": ("shall", "not"),
+                        "ain't": ("not",)}
+
+
+def _words(token: str) -> tuple[str, ...]:
+    """Spoken questions are full of contractions a manual spells out: "oven's" must meet "oven",
+    "don't" must meet "do not", and "what's" must not match only the passages that say "what's"."""
+    if token in _IRREGULAR_NEGATIONS:
+        return _IRREGULAR_NEGATIONS[token]
+    if token.endswith("n't"):
+        return token[:-3], "not"
+    return (_CLITIC.sub("", token),)
+
+
 def tokenize(text: str) -> list[str]:
-    return [t for t in _TOKEN.findall(text.lower()) if t not in STOPWORDS]
+    words = (w for t in _TOKEN.findall(text.lower().translate(_APOSTROPHES)) for w in _words(t))
+    return [w for w in words if w not in STOPWORDS]
 
 
 class BM25:

@@ -23,7 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from appliance.bm25 import BM25
+from appliance.bm25 import BM25, TOKENS_VERSION
 from appliance.config import IngestConfig
 from appliance.encoder import SentenceEncoder
 from appliance.errors import IndexMissingError, IngestError, StorageError
@@ -134,7 +134,8 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, ingest:
         manifest = {
             **records, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kb": str(kb_dir.resolve()),
             "documents": summary.documents, "passages": len(passages), "skipped": len(summary.skipped),
-            "encoder_sha256": encoder.sha256, "passages_version": PASSAGES_VERSION, "dim": int(vectors.shape[1]),
+            "encoder_sha256": encoder.sha256, "passages_version": PASSAGES_VERSION,
+            "bm25_tokens": TOKENS_VERSION, "dim": int(vectors.shape[1]),
             "max_passage_words": ingest.max_passage_words, "build_seconds": round(time.time() - started, 2),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")

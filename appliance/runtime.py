@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.bm25 import TOKENS_VERSION
 from appliance.calibrator import Calibrator
 from appliance.config import Config
 from appliance.encoder import SentenceEncoder
@@ -94,6 +95,8 @@ def outdated(version: IndexVersion, encoder: SentenceEncoder) -> str | None:
         return "with a different retriever model"
     if version.manifest.get("passages_version", 1) != PASSAGES_VERSION:
         return "by an older release's document readers"
+    if version.manifest.get("bm25_tokens", 1) != TOKENS_VERSION:
+        return "by an older release's word matching (BM25 terms)"
     return None
 
 

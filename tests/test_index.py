@@ -7,7 +7,7 @@ import os
 import pytest
 
 from appliance import runtime
-from appliance.bm25 import BM25, tokenize
+from appliance.bm25 import BM25, TOKENS_VERSION, tokenize
 from appliance.config import Config
 from appliance.errors import IndexMissingError
 from appliance.index import build_index, load_index
@@ -83,6 +83,17 @@ def test_bm25_ranks_exact_terms_and_round_trips(tmp_path):
     assert "the" not in tokenize("The belt")
 
 
+def test_bm25_reads_spoken_contractions_as_the_words_a_manual_spells_out():
+    texts = ["The oven display shows the time.", "Do not take two doses at once.", "What's new in this release?"]
+    bm25 = BM25.build(texts)
+    assert bm25.search("why is the oven's display blank?", 3) == [0]  # "oven's" meets "oven"
+    assert bm25.search("what\u2019s on the oven\u2019s display", 3) == [0]  # typographic apostrophes alike
+    assert bm25.search("I don't want two doses", 3)[0] == 1  # "don't" meets "do not"
+    assert bm25.search("what's the timer for?", 3) == []  # "what's" is "what": no longer a rare term
+    assert tokenize("can't won't isn't") == ["not", "not", "not"]  # no "ca" or "wo" left over
+    assert tokenize("o'clock e.g. 1.5 mm") == ["o'clock", "e.g", "1.5", "mm"]
+
+
 def test_reciprocal_rank_fusion_rewards_agreement():
     fused = reciprocal_rank_fusion([[1, 2, 3], [3, 1, 4]], k=60)
     order = [doc for doc, _ in fused]
@@ -113,6 +124,21 @@ def test_index_from_another_retriever_model_is_rebuilt_or_refused(tmp_path, conf
     assert pipeline.index.manifest["encoder_sha256"] == encoder.sha256
     assert pipeline.index.path != manifest_path.parent
     assert "two litres" in pipeline.ask("How do I prime the pump?").passage
+
+
+def test_index_whose_bm25_terms_an_older_release_made_is_rebuilt_or_refused(tmp_path, config, encoder):
+    """Query terms must be made as the index's were: an index of older BM25 terms is rebuilt."""
+    kb = make_kb(tmp_path / "kb")
+    build_index(kb, tmp_path / "index", encoder)
+    manifest_path = load_index(tmp_path / "index").path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["bm25_tokens"]  # as the releases before contractions were split wrote it
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexMissingError, match="older release's word matching.*appliance index"):
+        runtime.load_pipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=False)
+    pipeline = runtime.load_pipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=True)
+    assert pipeline.index.path != manifest_path.parent
+    assert pipeline.index.manifest["bm25_tokens"] == TOKENS_VERSION
 
 
 def test_index_from_an_older_release_of_the_document_readers_is_rebuilt_or_refused(tmp_path, config, encoder):
