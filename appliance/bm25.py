@@ -6,6 +6,7 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,9 @@ def tokenize(text: str) -> list[str]:
 
 
 class BM25:
-    def __init__(self, postings: dict[str, dict[int, int]], doc_lengths: list[int], k1: float = 1.2, b: float = 0.75):
+    def __init__(self, postings: dict[str, dict[int, int]], doc_lengths: list[int], k1: float = 1.2, b: float = 0.75,
+                 terms: Callable[[str], list[str]] = tokenize):
+        self.terms = terms  # how texts and queries become terms; an index on disk always uses tokenize
         self.postings = postings
         self.doc_lengths = np.asarray(doc_lengths, dtype=np.float32)
         self.k1, self.b = k1, b
@@ -50,20 +53,20 @@ class BM25:
         self.idf = {t: math.log(1 + (n - len(p) + 0.5) / (len(p) + 0.5)) for t, p in postings.items()}
 
     @classmethod
-    def build(cls, texts: list[str]) -> BM25:
+    def build(cls, texts: list[str], terms: Callable[[str], list[str]] = tokenize) -> BM25:
         postings: dict[str, dict[int, int]] = {}
         lengths = []
         for i, text in enumerate(texts):
-            tokens = tokenize(text)
+            tokens = terms(text)
             lengths.append(len(tokens))
             for term, tf in Counter(tokens).items():
                 postings.setdefault(term, {})[i] = tf
-        return cls(postings, lengths)
+        return cls(postings, lengths, terms=terms)
 
     def scores(self, query: str) -> np.ndarray:
         scores = np.zeros(len(self.doc_lengths), dtype=np.float32)
         norm = self.k1 * (1 - self.b + self.b * self.doc_lengths / max(self.avg_length, 1e-9))
-        for term in set(tokenize(query)):
+        for term in set(self.terms(query)):
             posting = self.postings.get(term)
             if not posting:
                 continue

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.bm25 import BM25
+from appliance.bm25 import BM25, STOPWORDS
 from appliance.windows import Window
 
 
@@ -89,6 +90,16 @@ def label_window(window: Window, ex: SquadExample) -> tuple[int, int]:
     return start_tok, end_tok
 
 
+_MINING_TOKEN = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
+
+
+def mining_terms(text: str) -> list[str]:
+    """BM25 terms as the box made them before it split contractions (its terms version 1), kept
+    for mining training passages: a job resumed after the box's terms change must read the same
+    windows in the same order (with the new terms, SQuAD train's retrieved negatives change)."""
+    return [t for t in _MINING_TOKEN.findall(text.lower()) if t not in STOPWORDS]
+
+
 class ArticleSearch:
     """The distinct paragraphs of each article, in order, searched by BM25 (one index per article,
     built on first use): where the training jobs find the passages of a question's own article
@@ -108,7 +119,7 @@ class ArticleSearch:
         if count <= 0 or len(texts) < 2:
             return []
         if ex.title not in self._indexes:
-            self._indexes[ex.title] = BM25.build(texts)
+            self._indexes[ex.title] = BM25.build(texts, terms=mining_terms)
         answers = [a.lower() for a in ex.answers]
         found = [texts[i] for i in self._indexes[ex.title].search(ex.question, depth)
                  if texts[i] != ex.context and not any(a in texts[i].lower() for a in answers)]
