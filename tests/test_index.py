@@ -10,7 +10,7 @@ from appliance import runtime
 from appliance.bm25 import BM25, TOKENS_VERSION, tokenize
 from appliance.config import Config
 from appliance.errors import IndexMissingError
-from appliance.index import build_index, load_index
+from appliance.index import PASSAGES_VERSION, build_index, load_index
 from appliance.retriever import reciprocal_rank_fusion
 
 
@@ -126,35 +126,23 @@ def test_index_from_another_retriever_model_is_rebuilt_or_refused(tmp_path, conf
     assert "two litres" in pipeline.ask("How do I prime the pump?").passage
 
 
-def test_index_whose_bm25_terms_an_older_release_made_is_rebuilt_or_refused(tmp_path, config, encoder):
-    """Query terms must be made as the index's were: an index of older BM25 terms is rebuilt."""
+@pytest.mark.parametrize("key, why", [
+    ("passages_version", "older release's document readers"),  # stale section names in citations
+    ("bm25_tokens", "older release's word matching"),  # query terms made unlike the index's
+])
+def test_index_from_an_older_release_is_rebuilt_or_refused(tmp_path, config, encoder, key, why):
+    """An index whose manifest lacks this release's version of what it holds (as releases before
+    that version wrote it) is rebuilt, or refused when building is not allowed."""
     kb = make_kb(tmp_path / "kb")
     build_index(kb, tmp_path / "index", encoder)
     manifest_path = load_index(tmp_path / "index").path / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    del manifest["bm25_tokens"]  # as the releases before contractions were split wrote it
+    current = manifest.pop(key)
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(IndexMissingError, match="older release's word matching.*appliance index"):
+    with pytest.raises(IndexMissingError, match=f"{why}.*appliance index"):
         runtime.load_pipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=False)
     pipeline = runtime.load_pipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=True)
     assert pipeline.index.path != manifest_path.parent
-    assert pipeline.index.manifest["bm25_tokens"] == TOKENS_VERSION
-
-
-def test_index_from_an_older_release_of_the_document_readers_is_rebuilt_or_refused(tmp_path, config, encoder):
-    """Passages made by older document readers carry stale section names into citations: an index
-    without this release's passages version is rebuilt (or refused when building is not allowed)."""
-    kb = make_kb(tmp_path / "kb")
-    build_index(kb, tmp_path / "index", encoder)
-    manifest_path = load_index(tmp_path / "index").path / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    del manifest["passages_version"]  # as the releases before the version existed wrote it
-    manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(IndexMissingError, match="older release's document readers.*appliance index"):
-        runtime.load_pipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=False)
-    pipeline = runtime.load_pipeline(config, kb=kb, index=tmp_path / "index", build_if_missing=True)
-    assert pipeline.index.path != manifest_path.parent
-    from appliance.index import PASSAGES_VERSION
-
-    assert pipeline.index.manifest["passages_version"] == PASSAGES_VERSION
+    assert pipeline.index.manifest[key] == current == {"passages_version": PASSAGES_VERSION,
+                                                       "bm25_tokens": TOKENS_VERSION}[key]
     assert "two litres" in pipeline.ask("How do I prime the pump?").passage
