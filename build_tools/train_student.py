@@ -18,7 +18,7 @@ import torch
 
 from appliance.windows import load_tokenizer
 from build_tools.compress.common import count_parameters, run_steps
-from build_tools.compress.distill import distill_loss, make_student
+from build_tools.compress.distill import distill_loss, hidden_loss, make_student
 from build_tools.train_reader import add_data_arguments, collate, training_data, warm_start
 from build_tools.training import (JobProgress, add_job_arguments, default_train_dir, jemalloc_loaded, log_json,
                                   make_optimiser, resume, save_checkpoint, save_model_dir, start_job)
@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None):
                    help="teacher layers the student starts from, in order (shape chosen by benchmarks/student_shapes)")
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--alpha", type=float, default=0.7, help="weight of the soft (KL) loss; 1-alpha for the gold spans")
+    p.add_argument("--hidden-weight", type=float, default=0.0,
+                   help="weight of the layer-wise loss: each student layer's output against the output of "
+                        "the teacher layer it was copied from (0: span distributions only)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=float, default=0.03)
     add_data_arguments(p)
@@ -110,16 +113,22 @@ def main(argv: list[str] | None = None) -> None:
     teacher.to(job.device).eval()
     student.to(job.device).train()
     progress = JobProgress(record, step, data.steps_per_epoch, bf16=job.bf16, device=job.device,
-                           jemalloc=jemalloc_loaded(), attention_dropout=args.attention_dropout)
+                           jemalloc=jemalloc_loaded(), attention_dropout=args.attention_dropout,
+                           hidden_weight=args.hidden_weight)  # per session: a job may take it up mid-way
+
+    layers = [int(i) for i in args.layers.split(",")]
+    hidden = args.hidden_weight > 0
 
     def train_step(i: int) -> tuple[float, int]:
         torch.manual_seed(args.seed + i)  # dropout masks depend on the step alone: a resumed job repeats them
         ids, types, mask, starts, ends = collate(features, batches[i], job.device)
         with torch.autocast(job.device, dtype=torch.bfloat16, enabled=job.bf16):
             with torch.no_grad():
-                taught = teacher(input_ids=ids, token_type_ids=types, attention_mask=mask)
-            learnt = student(input_ids=ids, token_type_ids=types, attention_mask=mask)
+                taught = teacher(input_ids=ids, token_type_ids=types, attention_mask=mask, output_hidden_states=hidden)
+            learnt = student(input_ids=ids, token_type_ids=types, attention_mask=mask, output_hidden_states=hidden)
         loss = distill_loss(learnt, taught, starts, ends, mask, args.temperature, args.alpha)
+        if hidden:
+            loss = loss + args.hidden_weight * hidden_loss(learnt, taught, layers, mask)
         loss.backward()
         opt.step()
         progress.count(len(batches[i]))

@@ -58,6 +58,18 @@ def distill_loss(student_out, teacher_out, starts, ends, mask, temperature: floa
     return loss
 
 
+def hidden_loss(student_out, teacher_out, layers: list[int], mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between each student layer's output and the output of the teacher
+    layer it was copied from, over real tokens (TinyBERT's layer-wise loss): the span logits alone
+    teach a student whose layers skip some of the teacher's slowly, since every layer after a skip
+    reads inputs unlike those it was trained on."""
+    real = mask.unsqueeze(-1).float()
+    per_layer = [((s_h.float() - teacher_out.hidden_states[t + 1].float()) ** 2 * real).sum()
+                 / (real.sum() * s_h.shape[-1])
+                 for s_h, t in zip(student_out.hidden_states[1:], layers)]
+    return torch.stack(per_layer).mean()
+
+
 def distill_loop(student, teacher, features, batches, args, out: Path, log=print) -> int:
     """Optimise the student on the batches; checkpoints to out/checkpoint.pt and resumes from it."""
     total_steps = min(args.max_steps or len(batches), len(batches))
