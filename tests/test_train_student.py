@@ -60,6 +60,32 @@ def test_the_soft_targets_change_what_the_student_learns(tiny_dirs, tmp_path):
     assert any(not torch.allclose(a[name], b[name]) for name in a)
 
 
+def test_the_layer_wise_loss_is_nothing_for_the_teacher_itself_and_something_for_a_student(tiny_dirs):
+    from build_tools.compress.distill import hidden_loss, make_student
+    from tests.test_compression import encode
+
+    teacher = transformers.BertForQuestionAnswering.from_pretrained(tiny_dirs["reader"]).eval()
+    _, feeds = encode(tiny_dirs["reader"] / "tokenizer.json", "how long to preheat", "preheat for 20 minutes")
+    every = list(range(teacher.config.num_hidden_layers))
+    with torch.no_grad():
+        taught = teacher(**feeds, output_hidden_states=True)
+        whole = make_student(teacher, every)(**feeds, output_hidden_states=True)
+        skipping = make_student(teacher, every[-1:])(**feeds, output_hidden_states=True)
+    assert hidden_loss(whole, taught, every, feeds["attention_mask"]).item() < 1e-10
+    assert hidden_loss(skipping, taught, every[-1:], feeds["attention_mask"]).item() > 1e-6  # a random tiny BERT
+
+
+def test_a_job_can_take_up_the_layer_wise_loss_and_records_it_per_session(tiny_dirs, tmp_path):
+    distil(tiny_dirs["reader"], tmp_path / "plain", "--max-steps", "4")
+    first = distil(tiny_dirs["reader"], tmp_path / "layered", "--max-steps", "4", "--time-budget-min", "0.00001")
+    assert any(line.get("stopped") == "time budget" for line in first)
+    distil(tiny_dirs["reader"], tmp_path / "layered", "--max-steps", "4", "--hidden-weight", "5")
+    a, b = final_weights(tmp_path / "plain"), final_weights(tmp_path / "layered")
+    assert any(not torch.allclose(a[name], b[name]) for name in a)
+    record = json.loads((tmp_path / "layered" / "final" / "training.json").read_text())
+    assert [s["hidden_weight"] for s in record["sessions"]] == [0.0, 5.0]
+
+
 def test_a_snapshot_of_a_running_job_loads_as_a_reader(tiny_dirs, tmp_path):
     job = tmp_path / "job"
     distil(tiny_dirs["reader"], job, "--max-steps", "2")
