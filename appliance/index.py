@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +27,13 @@ from appliance.bm25 import BM25, TOKENS_VERSION
 from appliance.config import IngestConfig
 from appliance.encoder import SentenceEncoder
 from appliance.errors import IndexMissingError, IngestError, StorageError
-from appliance.ingest import Passage, document_passages, escapes_root, iter_kb_files, read_document, safe_name
+from appliance.ingest import (Passage, document_passages, escapes_root, iter_kb_files, read_document, safe_name,
+                              split_sentences)
+from appliance.retriever import SentenceVectors
 
 log = logging.getLogger(__name__)
 CURRENT = "current"
-FILES = ("passages.jsonl", "dense.faiss", "bm25.json", "manifest.json")
+FILES = ("passages.jsonl", "dense.faiss", "sentences.faiss", "sentences.npy", "bm25.json", "manifest.json")
 SPEECH_ADAPTATION = "asr_adaptation"  # the manifest entry of the KB speech adaptation step
 # What the document readers make of a KB: raised whenever formats/ingest change the passages an
 # index holds (2: untitled SPL sections named from their codes), so older indexes are rebuilt.
@@ -59,6 +61,7 @@ class IndexVersion:
     bm25: BM25
     manifest: dict
     path: Path
+    sentences: SentenceVectors | None = None
 
     @property
     def speech_adaptation(self) -> Path | None:
@@ -98,6 +101,28 @@ def encode_passages(encoder: SentenceEncoder, texts: list[str], show: bool = Fal
     return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype=np.float32)
 
 
+def sentence_texts(bodies: Sequence[str], prefixes: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The sentences of each passage of more than one, each after its passage's heading path as
+    ``Passage.search_text`` writes it ("prefix. sentence"; a bare sentence without a prefix), and
+    the passage each belongs to. A one-sentence passage's own vector already is its sentence's."""
+    texts, owner = [], []
+    for i, (body, prefix) in enumerate(zip(bodies, prefixes)):
+        sentences = split_sentences(body)
+        if len(sentences) > 1:
+            texts += [f"{prefix}. {s}" if prefix else s for s in sentences]
+            owner += [i] * len(sentences)
+    return texts, np.asarray(owner, dtype=np.int64)
+
+
+def sentence_vectors(encoder: SentenceEncoder, bodies: Sequence[str], prefixes: Sequence[str],
+                     show: bool = False) -> SentenceVectors:
+    texts, owner = sentence_texts(bodies, prefixes)
+    dense = faiss.IndexFlatIP(encoder.dim)
+    if texts:
+        dense.add(encode_passages(encoder, texts, show, "encoding sentences"))
+    return SentenceVectors(dense, owner)
+
+
 def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, ingest: IngestConfig | None = None,
                 progress: bool = False, steps: Mapping[str, IndexStep] | None = None) -> IndexSummary:
     """Index the KB as a new version and make it current; ``steps`` add their output to the version
@@ -127,6 +152,9 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, ingest:
         dense = faiss.IndexFlatIP(vectors.shape[1])
         dense.add(vectors)
         _write_faiss(dense, tmp / "dense.faiss")
+        sentences = sentence_vectors(encoder, [p.text for p in passages], [p.citation for p in passages], progress)
+        _write_faiss(sentences.dense, tmp / "sentences.faiss")
+        np.save(tmp / "sentences.npy", sentences.owner)
         BM25.build(search_texts).save(tmp / "bm25.json")
         with open(tmp / "passages.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in passages)
@@ -135,7 +163,7 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, ingest:
             **records, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kb": str(kb_dir.resolve()),
             "documents": summary.documents, "passages": len(passages), "skipped": len(summary.skipped),
             "encoder_sha256": encoder.sha256, "passages_version": PASSAGES_VERSION,
-            "bm25_tokens": TOKENS_VERSION, "dim": int(vectors.shape[1]),
+            "bm25_tokens": TOKENS_VERSION, "sentence_vectors": len(sentences.owner), "dim": int(vectors.shape[1]),
             "max_passage_words": ingest.max_passage_words, "build_seconds": round(time.time() - started, 2),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
@@ -242,4 +270,15 @@ def _load_version(version: Path) -> IndexVersion:
     bm25 = BM25.load(version / "bm25.json")
     if dense.ntotal != len(passages) or manifest.get("passages") != len(passages):
         raise ValueError(f"{version} is inconsistent: {dense.ntotal} vectors, {len(passages)} passages")
-    return IndexVersion(passages, dense, bm25, manifest, version)
+    return IndexVersion(passages, dense, bm25, manifest, version, _load_sentences(version, len(passages)))
+
+
+def _load_sentences(version: Path, passages: int) -> SentenceVectors | None:
+    """None for an index built before sentence vectors (the runtime rebuilds it)."""
+    if not (version / "sentences.faiss").exists():
+        return None
+    dense = faiss.read_index(str(version / "sentences.faiss"))
+    owner = np.load(version / "sentences.npy", allow_pickle=False).astype(np.int64)
+    if dense.ntotal != len(owner) or (len(owner) and not 0 <= owner.min() <= owner.max() < passages):
+        raise ValueError(f"{version} is inconsistent: {dense.ntotal} sentence vectors, {len(owner)} owners")
+    return SentenceVectors(dense, owner)

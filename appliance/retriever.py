@@ -19,6 +19,20 @@ class Searchable(Protocol):
 
     dense: faiss.Index
     bm25: BM25
+    sentences: SentenceVectors | None
+
+
+@dataclass(frozen=True)
+class SentenceVectors:
+    """Each passage's sentences, embedded after its heading path: a question about one detail of a
+    long passage is nearer to the sentence that holds it than to the whole passage's average."""
+
+    dense: faiss.Index
+    owner: np.ndarray  # int64, the passage of each sentence vector
+
+    @property
+    def most_per_passage(self) -> int:
+        return int(np.bincount(self.owner).max()) if len(self.owner) else 0
 
 
 @dataclass(frozen=True)
@@ -27,6 +41,7 @@ class SearchIndex:
 
     dense: faiss.Index
     bm25: BM25
+    sentences: SentenceVectors | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class Retriever:
         if config.mode not in MODES:
             raise ValueError(f"retriever mode must be hybrid, dense or bm25, not {config.mode!r}")
         self.encoder, self.dense, self.bm25, self.config = encoder, index.dense, index.bm25, config
+        self.sentences = index.sentences if config.sentence_vectors else None
         self.mode, self.candidates, self.rrf_k, self.dense_weight = (config.mode, config.candidates, config.rrf_k,
                                                                      config.dense_weight)
 
@@ -61,9 +77,22 @@ class Retriever:
         per batch, so a batch of questions would rank some passages differently from the box."""
         if not questions:
             return []
-        vectors = np.vstack([self.encoder.encode([q]) for q in questions])
-        _, ids = self.dense.search(vectors, min(k, self.dense.ntotal))
-        return [[int(i) for i in row if i >= 0] for row in ids]
+        return [self._dense_ranking(self.encoder.encode([q]), k) for q in questions]
+
+    def _dense_ranking(self, vector: np.ndarray, k: int) -> list[int]:
+        """The ``k`` passages of highest cosine, a passage scoring the best of itself and its
+        sentences. Exact: any passage outside both searches scores below the k-th of each."""
+        scores, ids = self.dense.search(vector, min(k, self.dense.ntotal))
+        best = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
+        if self.sentences is None:
+            return list(best)
+        units = self.sentences
+        scores, ids = units.dense.search(vector, min(k * units.most_per_passage, units.dense.ntotal))
+        for s, i in zip(scores[0], ids[0]):
+            if i >= 0:
+                passage = int(units.owner[i])
+                best[passage] = max(best.get(passage, -2.0), float(s))
+        return sorted(best, key=lambda p: (-best[p], p))[:k]
 
     def search(self, question: str, top_k: int | None = None) -> list[Hit]:
         """The ``top_k`` best passages (``retriever.top_k`` unless the caller asks for more or fewer)."""
@@ -72,8 +101,7 @@ class Retriever:
         vector = self.encoder.encode([question])
         if self.mode == "bm25":
             return self._with_cosines(vector, [(i, 0.0) for i in self.bm25.search(question, top_k)])
-        _, ids = self.dense.search(vector, min(k, self.dense.ntotal))
-        dense = [int(i) for i in ids[0] if i >= 0]
+        dense = self._dense_ranking(vector, k)
         if self.mode == "dense":
             return self._with_cosines(vector, [(i, 0.0) for i in dense[:top_k]])
         fused = reciprocal_rank_fusion([dense, self.bm25.search(question, k)], self.rrf_k, [self.dense_weight, 1.0])

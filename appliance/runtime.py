@@ -97,6 +97,8 @@ def outdated(version: IndexVersion, encoder: SentenceEncoder) -> str | None:
         return "by an older release's document readers"
     if version.manifest.get("bm25_tokens", 1) != TOKENS_VERSION:
         return "by an older release's word matching (BM25 terms)"
+    if version.sentences is None:
+        return "by an older release, without sentence vectors"
     return None
 
 

@@ -19,7 +19,7 @@ from appliance import runtime
 from appliance.bm25 import BM25
 from appliance.config import Config, RetrieverConfig, load_config
 from appliance.encoder import SentenceEncoder
-from appliance.index import encode_passages
+from appliance.index import encode_passages, sentence_vectors
 from appliance.retriever import Retriever, SearchIndex, reciprocal_rank_fusion
 from build_tools.evaluation_cli import evaluation_parser, run_evaluation
 from build_tools.squad import load_paragraphs, load_squad
@@ -40,12 +40,18 @@ class Pool:
     bm25_texts: list[str] | None = None  # what BM25 indexes, when it differs from texts
     groups: list[str] = field(default_factory=list)  # per question: its article (SQuAD) or split (KB)
     info: dict = field(default_factory=dict)
+    bodies: list[str] | None = None  # the passages without their heading path, when texts carry one
+    prefixes: list[str] | None = None  # the heading path each passage's sentences are embedded after
+
+    def sentence_sources(self) -> tuple[list[str], list[str]]:
+        """(bodies, prefixes) for ``index.sentence_vectors``: bare sentences unless a prefix is given."""
+        return self.bodies or self.texts, self.prefixes or [""] * len(self.texts)
 
     def subset(self, keep: Callable[[str], bool], name: str) -> tuple[Pool, list[int]]:
         """The same passages with only the questions whose group ``keep`` keeps (and their positions)."""
         idx = [i for i, g in enumerate(self.groups) if keep(g)]
         return Pool(name, self.texts, [self.questions[i] for i in idx], [self.gold[i] for i in idx],
-                    self.bm25_texts, [self.groups[i] for i in idx], self.info), idx
+                    self.bm25_texts, [self.groups[i] for i in idx], self.info, self.bodies, self.prefixes), idx
 
 
 @dataclass
@@ -131,7 +137,8 @@ def rank(pool: Pool, encoder: SentenceEncoder, config: RetrieverConfig, shipped:
     dense = faiss.IndexFlatIP(encoder.dim)
     dense.add(encode_passages(encoder, pool.texts, True, f"{pool.name}: passages"))
     bm25 = BM25.build(pool.bm25_texts or pool.texts)
-    retriever = Retriever(encoder, SearchIndex(dense, bm25), config)
+    sentences = sentence_vectors(encoder, *pool.sentence_sources(), True) if config.sentence_vectors else None
+    retriever = Retriever(encoder, SearchIndex(dense, bm25, sentences), config)
     depth = max(max(KS), config.candidates)
     dense_rank = retriever.dense_rankings(pool.questions, depth)
     bm25_rank = [bm25.search(q, depth) for q in pool.questions]

@@ -67,7 +67,8 @@ def kb_pool(kb_dir: Path, questions_file: Path, ingest: IngestConfig, dense_head
                 [text(p, bm25_heading) for p in passages], [q["split"] for q in questions],
                 {"kb": str(kb_dir), "questions_file": str(questions_file), "passages": len(passages),
                  "heading_path": {"dense": dense_heading, "bm25": bm25_heading},
-                 "questions_without_gold_passage": sum(not g for g in gold)})
+                 "questions_without_gold_passage": sum(not g for g in gold)},
+                [p.text for p in passages], [p.citation if dense_heading else "" for p in passages])
 
 
 def objective(scores: list[dict[str, float]]) -> float:
