@@ -40,7 +40,7 @@ class RetrieverConfig:
     rrf_k: int = 1  # reciprocal-rank-fusion constant (Cormack et al.); 1 and the weight: tune-fusion
     mode: str = "hybrid"  # hybrid | dense | bm25
     dense_weight: float = 1.0  # weight of the dense ranking against BM25's in the fusion
-    sentence_vectors: bool = True  # a passage's dense score is its best of itself and its sentences
+    sentence_vectors: bool = False  # a passage's dense score is the best of its own and its sentences' (README)
     max_length: int = 256  # encoder tokens per passage
     threads: int = 2
 

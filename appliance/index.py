@@ -33,7 +33,7 @@ from appliance.retriever import SentenceVectors
 
 log = logging.getLogger(__name__)
 CURRENT = "current"
-FILES = ("passages.jsonl", "dense.faiss", "sentences.faiss", "sentences.npy", "bm25.json", "manifest.json")
+FILES = ("passages.jsonl", "dense.faiss", "bm25.json", "manifest.json")  # + sentences.faiss/.npy when asked for
 SPEECH_ADAPTATION = "asr_adaptation"  # the manifest entry of the KB speech adaptation step
 # What the document readers make of a KB: raised whenever formats/ingest change the passages an
 # index holds (2: untitled SPL sections named from their codes), so older indexes are rebuilt.
@@ -124,9 +124,11 @@ def sentence_vectors(encoder: SentenceEncoder, bodies: Sequence[str], prefixes: 
 
 
 def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, ingest: IngestConfig | None = None,
-                progress: bool = False, steps: Mapping[str, IndexStep] | None = None) -> IndexSummary:
+                progress: bool = False, steps: Mapping[str, IndexStep] | None = None,
+                sentences: bool = False) -> IndexSummary:
     """Index the KB as a new version and make it current; ``steps`` add their output to the version
-    before it is committed (name → step; each record lands in the manifest under its name)."""
+    before it is committed (name → step; each record lands in the manifest under its name);
+    ``sentences`` adds each passage's sentence vectors (``retriever.sentence_vectors``)."""
     started = time.time()
     ingest = ingest or IngestConfig()
     summary = IndexSummary()
@@ -152,18 +154,21 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, ingest:
         dense = faiss.IndexFlatIP(vectors.shape[1])
         dense.add(vectors)
         _write_faiss(dense, tmp / "dense.faiss")
-        sentences = sentence_vectors(encoder, [p.text for p in passages], [p.citation for p in passages], progress)
-        _write_faiss(sentences.dense, tmp / "sentences.faiss")
-        np.save(tmp / "sentences.npy", sentences.owner)
+        records = {}
+        if sentences:
+            units = sentence_vectors(encoder, [p.text for p in passages], [p.citation for p in passages], progress)
+            _write_faiss(units.dense, tmp / "sentences.faiss")
+            np.save(tmp / "sentences.npy", units.owner)
+            records["sentence_vectors"] = len(units.owner)
         BM25.build(search_texts).save(tmp / "bm25.json")
         with open(tmp / "passages.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in passages)
-        records = {name: step(passages, tmp) for name, step in (steps or {}).items()}
+        records |= {name: step(passages, tmp) for name, step in (steps or {}).items()}
         manifest = {
             **records, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kb": str(kb_dir.resolve()),
             "documents": summary.documents, "passages": len(passages), "skipped": len(summary.skipped),
             "encoder_sha256": encoder.sha256, "passages_version": PASSAGES_VERSION,
-            "bm25_tokens": TOKENS_VERSION, "sentence_vectors": len(sentences.owner), "dim": int(vectors.shape[1]),
+            "bm25_tokens": TOKENS_VERSION, "dim": int(vectors.shape[1]),
             "max_passage_words": ingest.max_passage_words, "build_seconds": round(time.time() - started, 2),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
@@ -270,13 +275,11 @@ def _load_version(version: Path) -> IndexVersion:
     bm25 = BM25.load(version / "bm25.json")
     if dense.ntotal != len(passages) or manifest.get("passages") != len(passages):
         raise ValueError(f"{version} is inconsistent: {dense.ntotal} vectors, {len(passages)} passages")
-    return IndexVersion(passages, dense, bm25, manifest, version, _load_sentences(version, len(passages)))
+    sentences = _load_sentences(version, len(passages)) if "sentence_vectors" in manifest else None
+    return IndexVersion(passages, dense, bm25, manifest, version, sentences)
 
 
-def _load_sentences(version: Path, passages: int) -> SentenceVectors | None:
-    """None for an index built before sentence vectors (the runtime rebuilds it)."""
-    if not (version / "sentences.faiss").exists():
-        return None
+def _load_sentences(version: Path, passages: int) -> SentenceVectors:
     dense = faiss.read_index(str(version / "sentences.faiss"))
     owner = np.load(version / "sentences.npy", allow_pickle=False).astype(np.int64)
     if dense.ntotal != len(owner) or (len(owner) and not 0 <= owner.min() <= owner.max() < passages):

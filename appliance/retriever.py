@@ -84,7 +84,7 @@ class Retriever:
         sentences. Exact: any passage outside both searches scores below the k-th of each."""
         scores, ids = self.dense.search(vector, min(k, self.dense.ntotal))
         best = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
-        if self.sentences is None:
+        if self.sentences is None or self.sentences.dense.ntotal == 0:
             return list(best)
         units = self.sentences
         scores, ids = units.dense.search(vector, min(k * units.most_per_passage, units.dense.ntotal))

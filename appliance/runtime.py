@@ -67,7 +67,7 @@ def build_index(config: Config, kb: Path | None = None, index: Path | None = Non
                 encoder: SentenceEncoder | None = None, progress: bool = False) -> IndexSummary:
     """`appliance index`: passages, vectors and BM25, then the KB speech adaptation, as one version."""
     return build_index_version(kb_dir(config, kb), index_dir(config, index), encoder or open_encoder(config),
-                               config.ingest, progress, index_steps())
+                               config.ingest, progress, index_steps(), config.retriever.sentence_vectors)
 
 
 def open_index(config: Config, encoder: SentenceEncoder, kb: Path | None = None, index: Path | None = None,
@@ -79,7 +79,7 @@ def open_index(config: Config, encoder: SentenceEncoder, kb: Path | None = None,
     if build_if_missing and not index_exists(where):
         build_index(config, kb, where, encoder)
     version = load_index(where)
-    why = outdated(version, encoder)
+    why = outdated(version, encoder, config.retriever.sentence_vectors)
     if why is None:
         return version
     if not build_if_missing:
@@ -89,7 +89,7 @@ def open_index(config: Config, encoder: SentenceEncoder, kb: Path | None = None,
     return load_index(where)
 
 
-def outdated(version: IndexVersion, encoder: SentenceEncoder) -> str | None:
+def outdated(version: IndexVersion, encoder: SentenceEncoder, sentences: bool = False) -> str | None:
     """Why this index version must not be searched as it is, or None."""
     if version.manifest.get("encoder_sha256") != encoder.sha256:
         return "with a different retriever model"
@@ -97,8 +97,8 @@ def outdated(version: IndexVersion, encoder: SentenceEncoder) -> str | None:
         return "by an older release's document readers"
     if version.manifest.get("bm25_tokens", 1) != TOKENS_VERSION:
         return "by an older release's word matching (BM25 terms)"
-    if version.sentences is None:
-        return "by an older release, without sentence vectors"
+    if sentences and "sentence_vectors" not in version.manifest:
+        return "without the sentence vectors [retriever] sentence_vectors asks for"
     return None
 
 

@@ -1,6 +1,7 @@
 """The index on disk: real faiss + BM25, built atomically."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -124,6 +125,19 @@ def test_index_from_another_retriever_model_is_rebuilt_or_refused(tmp_path, conf
     assert pipeline.index.manifest["encoder_sha256"] == encoder.sha256
     assert pipeline.index.path != manifest_path.parent
     assert "two litres" in pipeline.ask("How do I prime the pump?").passage
+
+
+def test_an_index_without_sentence_vectors_is_rebuilt_when_the_config_asks_for_them(tmp_path, config, encoder):
+    kb = make_kb(tmp_path / "kb", "# Pump\n\n## Priming\n\nOpen the valve. Prime the pump with two litres of water.\n")
+    build_index(kb, tmp_path / "index", encoder)
+    assert load_index(tmp_path / "index").sentences is None  # not asked for: none built
+    wants = dataclasses.replace(config, retriever=dataclasses.replace(config.retriever, sentence_vectors=True))
+    with pytest.raises(IndexMissingError, match="without the sentence vectors.*appliance index"):
+        runtime.load_pipeline(wants, kb=kb, index=tmp_path / "index", build_if_missing=False)
+    pipeline = runtime.load_pipeline(wants, kb=kb, index=tmp_path / "index", build_if_missing=True)
+    assert pipeline.index.sentences.owner.tolist() == [0, 0] == [0] * pipeline.index.manifest["sentence_vectors"]
+    assert {"sentences.faiss", "sentences.npy"} <= set(os.listdir(pipeline.index.path))
+    assert "two litres" in pipeline.ask("How much water primes the pump?").passage
 
 
 @pytest.mark.parametrize("key, why", [

@@ -50,3 +50,36 @@ def test_a_retriever_runs_the_fusion_and_depth_of_its_config_section(encoder, kb
     lexical = index.bm25.search(question, shipped.candidates)
     fused = reciprocal_rank_fusion([dense, lexical], shipped.rrf_k, [shipped.dense_weight, 1.0])
     assert [h.index for h in retriever.search(question, 5)] == [d for d, _ in fused[:5]]
+
+
+@pytest.fixture(scope="module")
+def sentence_index(tmp_path_factory, encoder):
+    """The bundled knowledge base indexed with each passage's sentence vectors."""
+    from appliance.index import build_index
+    from conftest import ROOT
+
+    where = tmp_path_factory.mktemp("sentence-index")
+    build_index(ROOT / "knowledge", where, encoder, sentences=True)
+    return where
+
+
+def test_a_passage_scores_the_best_of_its_own_vector_and_its_sentences(encoder, sentence_index, kb_questions):
+    """The dense ranking equals a brute-force max over every passage vector and sentence vector."""
+    import numpy as np
+
+    index = load_index(sentence_index)
+    units = index.sentences
+    assert units is not None and units.dense.ntotal > index.dense.ntotal  # long passages have several
+    passages = np.stack([index.dense.reconstruct(i) for i in range(index.dense.ntotal)])
+    sentences = np.stack([units.dense.reconstruct(i) for i in range(units.dense.ntotal)])
+    with_sentences = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True))
+    without = Retriever(encoder, index, RetrieverConfig(mode="dense"))
+    moved = 0
+    for q in kb_questions[:20]:
+        vector = encoder.encode([q["question"]])[0]
+        best = passages @ vector
+        np.maximum.at(best, units.owner, sentences @ vector)
+        ranking = with_sentences.dense_rankings([q["question"]], 10)[0]
+        np.testing.assert_allclose(best[ranking], np.sort(best)[::-1][:10], atol=1e-5)
+        moved += ranking != without.dense_rankings([q["question"]], 10)[0]
+    assert moved > 0  # the sentences change rankings; without them the passage vectors alone rank
