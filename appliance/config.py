@@ -41,6 +41,7 @@ class RetrieverConfig:
     mode: str = "hybrid"  # hybrid | dense | bm25
     dense_weight: float = 1.0  # weight of the dense ranking against BM25's in the fusion
     sentence_vectors: bool = False  # a passage's dense score is the best of its own and its sentences' (README)
+    sentence_weight: float = 1.0  # with sentence_vectors: the share of a best sentence's lead over its passage that counts
     max_length: int = 256  # encoder tokens per passage
     threads: int = 2
 

@@ -80,19 +80,25 @@ class Retriever:
         return [self._dense_ranking(self.encoder.encode([q]), k) for q in questions]
 
     def _dense_ranking(self, vector: np.ndarray, k: int) -> list[int]:
-        """The ``k`` passages of highest cosine, a passage scoring the best of itself and its
-        sentences. Exact: any passage outside both searches scores below the k-th of each."""
+        """The ``k`` passages of highest cosine; with sentence vectors a passage also gains the share
+        ``sentence_weight`` of its best sentence's lead over itself (1: the better of the two, then
+        exact, since any passage outside both searches scores below the k-th of each)."""
         scores, ids = self.dense.search(vector, min(k, self.dense.ntotal))
-        best = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
+        own = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
         if self.sentences is None or self.sentences.dense.ntotal == 0:
-            return list(best)
+            return list(own)
         units = self.sentences
+        best_sentence: dict[int, float] = {}
         scores, ids = units.dense.search(vector, min(k * units.most_per_passage, units.dense.ntotal))
         for s, i in zip(scores[0], ids[0]):
             if i >= 0:
                 passage = int(units.owner[i])
-                best[passage] = max(best.get(passage, -2.0), float(s))
-        return sorted(best, key=lambda p: (-best[p], p))[:k]
+                best_sentence[passage] = max(best_sentence.get(passage, -2.0), float(s))
+        for passage in best_sentence.keys() - own.keys():
+            own[passage] = float(self.dense.reconstruct(passage) @ vector[0])
+        w = self.config.sentence_weight
+        score = {p: c + w * max(0.0, best_sentence.get(p, -2.0) - c) for p, c in own.items()}
+        return sorted(score, key=lambda p: (-score[p], p))[:k]
 
     def search(self, question: str, top_k: int | None = None) -> list[Hit]:
         """The ``top_k`` best passages (``retriever.top_k`` unless the caller asks for more or fewer)."""
