@@ -74,6 +74,7 @@ def test_a_passage_scores_the_best_of_its_own_vector_and_its_sentences(encoder, 
     sentences = np.stack([units.dense.reconstruct(i) for i in range(units.dense.ntotal)])
     with_sentences = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True))
     without = Retriever(encoder, index, RetrieverConfig(mode="dense"))
+    ignoring = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True, sentence_weight=0.0))
     moved = 0
     for q in kb_questions[:20]:
         vector = encoder.encode([q["question"]])[0]
@@ -82,4 +83,5 @@ def test_a_passage_scores_the_best_of_its_own_vector_and_its_sentences(encoder, 
         ranking = with_sentences.dense_rankings([q["question"]], 10)[0]
         np.testing.assert_allclose(best[ranking], np.sort(best)[::-1][:10], atol=1e-5)
         moved += ranking != without.dense_rankings([q["question"]], 10)[0]
+        assert ignoring.dense_rankings([q["question"]], 10)[0] == without.dense_rankings([q["question"]], 10)[0]
     assert moved > 0  # the sentences change rankings; without them the passage vectors alone rank
