@@ -168,6 +168,7 @@ LIMITS: dict[str, tuple] = {
     "ingest.max_passage_words": (10, 2000), "ingest.max_file_bytes": (1, 2_000_000_000),
     "retriever.top_k": (1, 50), "retriever.candidates": (1, 1000), "retriever.rrf_k": (1, 100_000),
     "retriever.mode": ("hybrid", "dense", "bm25"), "retriever.dense_weight": (0.0, 100.0),
+    "retriever.sentence_weight": (0.0, 1.0),
     "retriever.max_length": (8, 512), "retriever.threads": (1, 256),
     "reader.max_length": (32, 512), "reader.stride": (0, 511), "reader.max_answer_tokens": (1, 512),
     "reader.threshold": (0.0, 1.0), "reader.rank_weight": (0.0, 10.0), "reader.threads": (1, 256),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import faiss
@@ -30,7 +31,7 @@ class SentenceVectors:
     dense: faiss.Index
     owner: np.ndarray  # int64, the passage of each sentence vector
 
-    @property
+    @cached_property
     def most_per_passage(self) -> int:
         return int(np.bincount(self.owner).max()) if len(self.owner) else 0
 
