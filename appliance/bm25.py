@@ -41,6 +41,12 @@ def tokenize(text: str) -> list[str]:
     return [w for w in words if w not in STOPWORDS]
 
 
+def first_terms(text: str) -> list[str]:
+    """The terms of TOKENS_VERSION 1 (contractions kept whole, ’ not read as '), for whatever must
+    stay as it was made with them."""
+    return [t for t in _TOKEN.findall(text.lower()) if t not in STOPWORDS]
+
+
 class BM25:
     def __init__(self, postings: dict[str, dict[int, int]], doc_lengths: list[int], k1: float = 1.2, b: float = 0.75,
                  terms: Callable[[str], list[str]] = tokenize):

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.bm25 import BM25, STOPWORDS
+from appliance.bm25 import BM25, first_terms
 from appliance.windows import Window
 
 
@@ -90,14 +89,11 @@ def label_window(window: Window, ex: SquadExample) -> tuple[int, int]:
     return start_tok, end_tok
 
 
-_MINING_TOKEN = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
-
-
 def mining_terms(text: str) -> list[str]:
     """BM25 terms as the box made them before it split contractions (its terms version 1), kept
     for mining training passages: a job resumed after the box's terms change must read the same
     windows in the same order (with the new terms, SQuAD train's retrieved negatives change)."""
-    return [t for t in _MINING_TOKEN.findall(text.lower()) if t not in STOPWORDS]
+    return first_terms(text)
 
 
 class ArticleSearch:

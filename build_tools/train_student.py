@@ -46,8 +46,13 @@ def load_teacher(path: Path, base: Path, attention_dropout: float):
                      "ONNX reader, such as models/reader)")
 
 
+def layer_list(layers: str) -> list[int]:
+    """--layers "0,2,5" as the teacher layers the student keeps."""
+    return [int(i) for i in layers.split(",")]
+
+
 def student_of(teacher, layers: str):
-    return make_student(teacher, [int(i) for i in layers.split(",")])
+    return make_student(teacher, layer_list(layers))
 
 
 def export_snapshot(checkpoint: Path, base: Path, out: Path) -> None:
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                            jemalloc=jemalloc_loaded(), attention_dropout=args.attention_dropout,
                            hidden_weight=args.hidden_weight)  # per session: a job may take it up mid-way
 
-    layers = [int(i) for i in args.layers.split(",")]
+    layers = layer_list(args.layers)
     hidden = args.hidden_weight > 0
 
     def train_step(i: int) -> tuple[float, int]:

@@ -52,17 +52,15 @@ class StreamResampler:
 
     def push(self, audio: Audio) -> np.ndarray:
         """Audio at ``rate`` for this piece (less a few samples held back when resampling)."""
-        if audio.rate == self.rate and self._stream is None:
-            return audio.samples.astype(np.float32, copy=False)
-        head = np.zeros(0, dtype=np.float32)
-        if self._from != audio.rate:  # a new rate is a new stream: end the old one first
-            head = self.flush()
-            if audio.rate == self.rate:
-                return np.concatenate([head, audio.samples.astype(np.float32, copy=False)])
+        samples = audio.samples.astype(np.float32, copy=False)
+        head = self.flush() if self._from not in (None, audio.rate) else samples[:0]  # a new rate: a new stream
+        if audio.rate == self.rate:
+            return np.concatenate([head, samples])
+        if self._stream is None:
             import soxr
 
             self._stream, self._from = soxr.ResampleStream(audio.rate, self.rate, 1, dtype="float32"), audio.rate
-        return np.concatenate([head, self._stream.resample_chunk(audio.samples.astype(np.float32, copy=False))])
+        return np.concatenate([head, self._stream.resample_chunk(samples)])
 
     def flush(self) -> np.ndarray:
         """The stream ended: the samples still held back."""
