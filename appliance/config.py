@@ -42,6 +42,7 @@ class RetrieverConfig:
     dense_weight: float = 1.0  # weight of the dense ranking against BM25's in the fusion
     sentence_vectors: bool = False  # a passage's dense score is the best of its own and its sentences' (README)
     sentence_weight: float = 1.0  # with sentence_vectors: the share of a best sentence's lead over its passage that counts
+    sentence_count_penalty: float = 0.0  # with sentence_vectors: taken from a best sentence's cosine per ln(sentences in its passage)
     max_length: int = 256  # encoder tokens per passage
     threads: int = 2
 
@@ -168,7 +169,7 @@ LIMITS: dict[str, tuple] = {
     "ingest.max_passage_words": (10, 2000), "ingest.max_file_bytes": (1, 2_000_000_000),
     "retriever.top_k": (1, 50), "retriever.candidates": (1, 1000), "retriever.rrf_k": (1, 100_000),
     "retriever.mode": ("hybrid", "dense", "bm25"), "retriever.dense_weight": (0.0, 100.0),
-    "retriever.sentence_weight": (0.0, 1.0),
+    "retriever.sentence_weight": (0.0, 1.0), "retriever.sentence_count_penalty": (0.0, 1.0),
     "retriever.max_length": (8, 512), "retriever.threads": (1, 256),
     "reader.max_length": (32, 512), "reader.stride": (0, 511), "reader.max_answer_tokens": (1, 512),
     "reader.threshold": (0.0, 1.0), "reader.rank_weight": (0.0, 10.0), "reader.threads": (1, 256),

@@ -35,6 +35,13 @@ class SentenceVectors:
     def most_per_passage(self) -> int:
         return int(np.bincount(self.owner).max()) if len(self.owner) else 0
 
+    @cached_property
+    def log_counts(self) -> np.ndarray:
+        """ln(sentences) per passage: the best of n sentences beats its passage more often the larger n
+        is, so a catch-all section of many short sentences wins questions by chance alone."""
+        counts = np.bincount(self.owner) if len(self.owner) else np.zeros(0, dtype=np.int64)
+        return np.log(np.maximum(counts, 1)).astype(np.float32)
+
 
 @dataclass(frozen=True)
 class SearchIndex:
@@ -82,8 +89,9 @@ class Retriever:
 
     def _dense_ranking(self, vector: np.ndarray, k: int) -> list[int]:
         """The ``k`` passages of highest cosine; with sentence vectors a passage also gains the share
-        ``sentence_weight`` of its best sentence's lead over itself (1: the better of the two, then
-        exact, since any passage outside both searches scores below the k-th of each)."""
+        ``sentence_weight`` of its best sentence's lead over itself, the sentence's cosine less
+        ``sentence_count_penalty`` × ln(its passage's sentences) (weight 1 and no penalty: the better
+        of the two, then exact, since any passage outside both searches scores below the k-th of each)."""
         scores, ids = self.dense.search(vector, min(k, self.dense.ntotal))
         own = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
         if self.sentences is None or self.sentences.dense.ntotal == 0:
@@ -97,6 +105,9 @@ class Retriever:
                 best_sentence[passage] = max(best_sentence.get(passage, -2.0), float(s))
         for passage in best_sentence.keys() - own.keys():
             own[passage] = float(self.dense.reconstruct(passage) @ vector[0])
+        penalty = self.config.sentence_count_penalty
+        if penalty:
+            best_sentence = {p: s - penalty * float(units.log_counts[p]) for p, s in best_sentence.items()}
         w = self.config.sentence_weight
         score = {p: c + w * max(0.0, best_sentence.get(p, -2.0) - c) for p, c in own.items()}
         return sorted(score, key=lambda p: (-score[p], p))[:k]

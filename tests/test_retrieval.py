@@ -85,3 +85,39 @@ def test_a_passage_scores_the_best_of_its_own_vector_and_its_sentences(encoder, 
         moved += ranking != without.dense_rankings([q["question"]], 10)[0]
         assert ignoring.dense_rankings([q["question"]], 10)[0] == without.dense_rankings([q["question"]], 10)[0]
     assert moved > 0  # the sentences change rankings; without them the passage vectors alone rank
+
+
+def test_a_sentence_of_a_long_passage_counts_less_by_the_count_penalty(encoder, sentence_index, kb_questions):
+    """With a weight and a count penalty the ranking is the brute-force order of
+    own + w · max(0, best sentence − penalty · ln(sentences) − own), and the penalty moves rankings."""
+    import numpy as np
+
+    index = load_index(sentence_index)
+    units = index.sentences
+    passages = np.stack([index.dense.reconstruct(i) for i in range(index.dense.ntotal)])
+    sentences = np.stack([units.dense.reconstruct(i) for i in range(units.dense.ntotal)])
+    counts = np.bincount(units.owner, minlength=len(passages))
+    penalised = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True, sentence_weight=0.6,
+                                                          sentence_count_penalty=0.05))
+    unpenalised = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True, sentence_weight=0.6))
+    moved = 0
+    for q in kb_questions[:20]:
+        vector = encoder.encode([q["question"]])[0]
+        own = passages @ vector
+        best = np.full(len(passages), -np.inf, dtype=np.float32)
+        np.maximum.at(best, units.owner, sentences @ vector)
+        best -= 0.05 * np.log(np.maximum(counts, 1))
+        score = own + 0.6 * np.maximum(0.0, np.where(np.isfinite(best), best - own, 0.0))
+        ranking = penalised.dense_rankings([q["question"]], 10)[0]
+        np.testing.assert_allclose(score[ranking], np.sort(score)[::-1][:10], atol=1e-5)
+        moved += ranking != unpenalised.dense_rankings([q["question"]], 10)[0]
+    assert moved > 0
+
+
+def test_the_count_penalty_is_range_checked(tmp_path):
+    from appliance.config import ConfigError, load_config
+
+    path = tmp_path / "box.toml"
+    path.write_text("[retriever]\nsentence_count_penalty = -0.1\n")
+    with pytest.raises(ConfigError, match="sentence_count_penalty"):
+        load_config(path)
