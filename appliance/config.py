@@ -40,9 +40,9 @@ class RetrieverConfig:
     rrf_k: int = 1  # reciprocal-rank-fusion constant (Cormack et al.); 1 and the weight: tune-fusion
     mode: str = "hybrid"  # hybrid | dense | bm25
     dense_weight: float = 1.0  # weight of the dense ranking against BM25's in the fusion
-    sentence_vectors: bool = False  # a passage's dense score is the best of its own and its sentences' (README)
-    sentence_weight: float = 1.0  # with sentence_vectors: the share of a best sentence's lead over its passage that counts
-    sentence_count_penalty: float = 0.0  # with sentence_vectors: taken from a best sentence's cosine per ln(sentences in its passage)
+    sentence_vectors: bool = True  # a passage's dense score also counts its best sentence's (README)
+    sentence_weight: float = 0.6  # with sentence_vectors: the share of a best sentence's lead over its passage that counts
+    sentence_count_penalty: float = 0.05  # with sentence_vectors: taken from a best sentence's cosine per ln(sentences in its passage)
     max_length: int = 256  # encoder tokens per passage
     threads: int = 2
 

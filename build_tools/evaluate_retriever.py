@@ -172,6 +172,8 @@ def report(pool: Pool, ranked: Ranked, config: RetrieverConfig, grid: bool = Tru
            "candidates_per_ranker": ranked.candidates}
     if ranked.shipped is not None:
         out["shipped"] = {"mode": config.mode, "rrf_k": config.rrf_k, "dense_weight": config.dense_weight,
+                          "sentence_vectors": config.sentence_vectors, "sentence_weight": config.sentence_weight,
+                          "sentence_count_penalty": config.sentence_count_penalty,
                           **recalls(ranked.shipped, pool.gold)}
     out.update(dense=recalls(ranked.dense, pool.gold), bm25=recalls(ranked.bm25, pool.gold),
                fused=recalls(fuse(ranked, config.rrf_k, config.dense_weight), pool.gold),

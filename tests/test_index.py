@@ -30,7 +30,8 @@ def test_build_writes_passages_faiss_bm25_and_manifest(tmp_path, encoder):
     assert loaded.manifest["encoder_sha256"] == encoder.sha256
     assert encoder.sha256 not in ("", None)
     assert {"documents", "passages", "built", "skipped"} <= set(loaded.manifest)
-    assert sorted(os.listdir(loaded.path)) == ["asr", "bm25.json", "dense.faiss", "manifest.json", "passages.jsonl"]
+    assert sorted(os.listdir(loaded.path)) == ["asr", "bm25.json", "dense.faiss", "manifest.json", "passages.jsonl",
+                                               "sentences.faiss", "sentences.npy"]  # the shipped retriever reads sentences
     assert sorted(os.listdir(loaded.path / "asr")) == ["kb.dict", "kb.lm", "kb.vocab.json", "kb.words.json"]
     assert loaded.manifest["asr_adaptation"]["words"] > 5
     assert loaded.speech_adaptation == loaded.path / "asr"

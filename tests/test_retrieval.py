@@ -72,8 +72,9 @@ def test_a_passage_scores_the_best_of_its_own_vector_and_its_sentences(encoder, 
     assert units is not None and units.dense.ntotal > index.dense.ntotal  # long passages have several
     passages = np.stack([index.dense.reconstruct(i) for i in range(index.dense.ntotal)])
     sentences = np.stack([units.dense.reconstruct(i) for i in range(units.dense.ntotal)])
-    with_sentences = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True))
-    without = Retriever(encoder, index, RetrieverConfig(mode="dense"))
+    with_sentences = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True, sentence_weight=1.0,
+                                                               sentence_count_penalty=0.0))
+    without = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=False))
     ignoring = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True, sentence_weight=0.0))
     moved = 0
     for q in kb_questions[:20]:
@@ -99,7 +100,8 @@ def test_a_sentence_of_a_long_passage_counts_less_by_the_count_penalty(encoder, 
     counts = np.bincount(units.owner, minlength=len(passages))
     penalised = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True, sentence_weight=0.6,
                                                           sentence_count_penalty=0.05))
-    unpenalised = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True, sentence_weight=0.6))
+    unpenalised = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True, sentence_weight=0.6,
+                                                            sentence_count_penalty=0.0))
     moved = 0
     for q in kb_questions[:20]:
         vector = encoder.encode([q["question"]])[0]
