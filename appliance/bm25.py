@@ -82,7 +82,11 @@ class BM25:
         return scores
 
     def search(self, query: str, k: int) -> list[int]:
-        scores = self.scores(query)
+        return self.best(self.scores(query), k)
+
+    @staticmethod
+    def best(scores: np.ndarray, k: int) -> list[int]:
+        """The ``k`` passages of highest score among those sharing a term with the query."""
         hits = np.flatnonzero(scores > 0)
         return hits[np.argsort(-scores[hits], kind="stable")][:k].tolist()
 

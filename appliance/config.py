@@ -40,6 +40,8 @@ class RetrieverConfig:
     rrf_k: int = 1  # reciprocal-rank-fusion constant (Cormack et al.); 1 and the weight: tune-fusion
     mode: str = "hybrid"  # hybrid | dense | bm25
     dense_weight: float = 1.0  # weight of the dense ranking against BM25's in the fusion
+    fusion: str = "rrf"  # rrf (reciprocal rank) | convex (normalised scores, README)
+    convex_dense_share: float = 0.7  # with fusion = convex: the dense score's share against BM25's
     sentence_vectors: bool = True  # a passage's dense score also counts its best sentence's (README)
     sentence_weight: float = 0.6  # with sentence_vectors: the share of a best sentence's lead over its passage that counts
     sentence_count_penalty: float = 0.05  # with sentence_vectors: taken from a best sentence's cosine per ln(sentences in its passage)
@@ -169,6 +171,7 @@ LIMITS: dict[str, tuple] = {
     "ingest.max_passage_words": (10, 2000), "ingest.max_file_bytes": (1, 2_000_000_000),
     "retriever.top_k": (1, 50), "retriever.candidates": (1, 1000), "retriever.rrf_k": (1, 100_000),
     "retriever.mode": ("hybrid", "dense", "bm25"), "retriever.dense_weight": (0.0, 100.0),
+    "retriever.fusion": ("rrf", "convex"), "retriever.convex_dense_share": (0.0, 1.0),
     "retriever.sentence_weight": (0.0, 1.0), "retriever.sentence_count_penalty": (0.0, 1.0),
     "retriever.max_length": (8, 512), "retriever.threads": (1, 256),
     "reader.max_length": (32, 512), "reader.stride": (0, 511), "reader.max_answer_tokens": (1, 512),

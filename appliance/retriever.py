@@ -13,6 +13,7 @@ from appliance.config import RetrieverConfig
 from appliance.encoder import SentenceEncoder
 
 MODES = ("hybrid", "dense", "bm25")
+FUSIONS = ("rrf", "convex")
 
 
 class Searchable(Protocol):
@@ -34,6 +35,16 @@ class SentenceVectors:
     @cached_property
     def most_per_passage(self) -> int:
         return int(np.bincount(self.owner).max()) if len(self.owner) else 0
+
+    def rows(self, passage: int) -> np.ndarray:
+        """The sentence vectors of one passage (none for a passage of one sentence)."""
+        lo, hi = np.searchsorted(self._by_owner[1], [passage, passage + 1])
+        return self._by_owner[0][lo:hi]
+
+    @cached_property
+    def _by_owner(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.owner, kind="stable")
+        return order, self.owner[order]
 
     @cached_property
     def log_counts(self) -> np.ndarray:
@@ -69,12 +80,25 @@ def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60,
     return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
 
+def convex_fusion(dense: dict[int, float], bm25: dict[int, float], dense_share: float) -> list[tuple[int, float]]:
+    """Bruch et al. 2023: each ranker's scores over its best for the question (the lowest possible
+    taken as 0), mixed as dense_share · dense + (1 − dense_share) · BM25. Unlike rank fusion it keeps
+    how far ahead a passage is. Both dicts score the same passages (0 where BM25 shares no term)."""
+    top_dense, top_bm25 = max(dense.values(), default=0.0), max(bm25.values(), default=0.0)
+    scale_dense = dense_share / top_dense if top_dense > 0 else 0.0
+    scale_bm25 = (1.0 - dense_share) / top_bm25 if top_bm25 > 0 else 0.0
+    scores = {p: scale_dense * dense[p] + scale_bm25 * bm25.get(p, 0.0) for p in dense}
+    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+
+
 class Retriever:
     def __init__(self, encoder: SentenceEncoder, index: Searchable, config: RetrieverConfig):
         """Settings come from the config section only, so whatever builds a Retriever from the
         shipped configuration measures what the appliance runs."""
         if config.mode not in MODES:
             raise ValueError(f"retriever mode must be hybrid, dense or bm25, not {config.mode!r}")
+        if config.fusion not in FUSIONS:
+            raise ValueError(f"retriever fusion must be rrf or convex, not {config.fusion!r}")
         self.encoder, self.dense, self.bm25, self.config = encoder, index.dense, index.bm25, config
         self.sentences = index.sentences if config.sentence_vectors else None
         self.mode, self.candidates, self.rrf_k, self.dense_weight = (config.mode, config.candidates, config.rrf_k,
@@ -88,14 +112,17 @@ class Retriever:
         return [self._dense_ranking(self.encoder.encode([q]), k) for q in questions]
 
     def _dense_ranking(self, vector: np.ndarray, k: int) -> list[int]:
-        """The ``k`` passages of highest cosine; with sentence vectors a passage also gains the share
+        return list(self._dense_scores(vector, k))
+
+    def _dense_scores(self, vector: np.ndarray, k: int) -> dict[int, float]:
+        """The ``k`` passages of highest cosine, best first; with sentence vectors a passage also gains the share
         ``sentence_weight`` of its best sentence's lead over itself, the sentence's cosine less
         ``sentence_count_penalty`` × ln(its passage's sentences) (weight 1 and no penalty: the better
         of the two, then exact, since any passage outside both searches scores below the k-th of each)."""
         scores, ids = self.dense.search(vector, min(k, self.dense.ntotal))
         own = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
         if self.sentences is None or self.sentences.dense.ntotal == 0:
-            return list(own)
+            return own
         units = self.sentences
         best_sentence: dict[int, float] = {}
         scores, ids = units.dense.search(vector, min(k * units.most_per_passage, units.dense.ntotal))
@@ -105,12 +132,31 @@ class Retriever:
                 best_sentence[passage] = max(best_sentence.get(passage, -2.0), float(s))
         for passage in best_sentence.keys() - own.keys():
             own[passage] = float(self.dense.reconstruct(passage) @ vector[0])
-        penalty = self.config.sentence_count_penalty
-        if penalty:
-            best_sentence = {p: s - penalty * float(units.log_counts[p]) for p, s in best_sentence.items()}
-        w = self.config.sentence_weight
-        score = {p: c + w * max(0.0, best_sentence.get(p, -2.0) - c) for p, c in own.items()}
-        return sorted(score, key=lambda p: (-score[p], p))[:k]
+        score = {p: self._with_sentence(p, c, best_sentence.get(p)) for p, c in own.items()}
+        return {p: score[p] for p in sorted(score, key=lambda p: (-score[p], p))[:k]}
+
+    def _with_sentence(self, passage: int, cosine: float, best_sentence: float | None) -> float:
+        """A passage's dense score: its cosine plus the share of its best sentence's penalised lead."""
+        if best_sentence is None or self.sentences is None:
+            return cosine
+        lead = best_sentence - self.config.sentence_count_penalty * float(self.sentences.log_counts[passage]) - cosine
+        return cosine + self.config.sentence_weight * max(0.0, lead)
+
+    def _dense_score(self, vector: np.ndarray, passage: int) -> float:
+        """One passage's dense score computed in full (a passage that only BM25 found)."""
+        cosine = float(self.dense.reconstruct(passage) @ vector[0])
+        rows = self.sentences.rows(passage) if self.sentences is not None else ()
+        best = max((float(self.sentences.dense.reconstruct(int(r)) @ vector[0]) for r in rows), default=None)
+        return self._with_sentence(passage, cosine, best)
+
+    def candidate_scores(self, vector: np.ndarray, question: str, k: int) -> tuple[dict[int, float], dict[int, float]]:
+        """Dense and BM25 scores of every passage either ranker puts in its first ``k`` (what convex
+        fusion weighs): a passage one ranker missed gets that ranker's score all the same."""
+        dense = self._dense_scores(vector, k)
+        bm25 = self.bm25.scores(question)
+        for passage in set(BM25.best(bm25, k)) - dense.keys():
+            dense[passage] = self._dense_score(vector, passage)
+        return dense, {p: float(bm25[p]) for p in dense}
 
     def search(self, question: str, top_k: int | None = None) -> list[Hit]:
         """The ``top_k`` best passages (``retriever.top_k`` unless the caller asks for more or fewer)."""
@@ -122,7 +168,10 @@ class Retriever:
         dense = self._dense_ranking(vector, k)
         if self.mode == "dense":
             return self._with_cosines(vector, [(i, 0.0) for i in dense[:top_k]])
-        fused = reciprocal_rank_fusion([dense, self.bm25.search(question, k)], self.rrf_k, [self.dense_weight, 1.0])
+        if self.config.fusion == "convex":
+            fused = convex_fusion(*self.candidate_scores(vector, question, k), self.config.convex_dense_share)
+        else:
+            fused = reciprocal_rank_fusion([dense, self.bm25.search(question, k)], self.rrf_k, [self.dense_weight, 1.0])
         return self._with_cosines(vector, fused[:top_k])
 
     def _with_cosines(self, vector: np.ndarray, ranked: list[tuple[int, float]]) -> list[Hit]:

@@ -1,9 +1,9 @@
 """R@1/5/20 of each question's own paragraph among every paragraph of a SQuAD-format file (those
 without questions too, plus the paragraphs of any --distractors files), as JSON: the shipped
 configuration (a Retriever built from the config's [retriever] section, searched one question at
-a time as the appliance does), dense, BM25, the fusion at the shipped weights, and every fusion of
-a grid of RRF constants and dense weights (reported, not chosen here: tune-fusion chooses on
-held-in data)."""
+a time as the appliance does), dense, BM25, the fusion at the shipped setting, and every fusion of
+a grid of RRF constants and dense weights and of convex dense shares (reported, not chosen here:
+tune-fusion chooses on held-in data)."""
 from __future__ import annotations
 
 import json
@@ -20,13 +20,14 @@ from appliance.bm25 import BM25
 from appliance.config import Config, RetrieverConfig, load_config
 from appliance.encoder import SentenceEncoder
 from appliance.index import encode_passages, sentence_vectors
-from appliance.retriever import Retriever, SearchIndex, reciprocal_rank_fusion
+from appliance.retriever import Retriever, SearchIndex, convex_fusion, reciprocal_rank_fusion
 from build_tools.evaluation_cli import evaluation_parser, run_evaluation
 from build_tools.squad import load_paragraphs, load_squad
 
 KS = (1, 5, 20)
 RRF_KS = (1, 5, 10, 20, 30, 60, 100)
 DENSE_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+CONVEX_SHARES = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass
@@ -62,11 +63,11 @@ class Ranked:
     bm25: list[list[int]]
     shipped: list[list[int]] | None  # Retriever.search, one question at a time (the appliance's path)
     candidates: int  # per ranker, before fusion (retriever.candidates)
+    scores: list[tuple[dict[int, float], dict[int, float]]] | None = None  # Retriever.candidate_scores, for convex
 
     def subset(self, idx: list[int]) -> Ranked:
-        pick = lambda rows: [rows[i] for i in idx]  # noqa: E731
-        return Ranked(pick(self.dense), pick(self.bm25), pick(self.shipped) if self.shipped is not None else None,
-                      self.candidates)
+        pick = lambda rows: [rows[i] for i in idx] if rows is not None else None  # noqa: E731
+        return Ranked(pick(self.dense), pick(self.bm25), pick(self.shipped), self.candidates, pick(self.scores))
 
 
 def squad_pool(data: Path, distractors: Sequence[Path] = (), limit: int = 0,
@@ -142,11 +143,13 @@ def rank(pool: Pool, encoder: SentenceEncoder, config: RetrieverConfig, shipped:
     depth = max(max(KS), config.candidates)
     dense_rank = retriever.dense_rankings(pool.questions, depth)
     bm25_rank = [bm25.search(q, depth) for q in pool.questions]
+    scores = [retriever.candidate_scores(encoder.encode([q]), q, config.candidates)
+              for q in tqdm(pool.questions, desc=f"{pool.name}: candidate scores", unit="q", leave=False)]
     shipped_rank = None
     if shipped:
         shipped_rank = [[h.index for h in retriever.search(q, max(KS))]
                         for q in tqdm(pool.questions, desc=f"{pool.name}: shipped retriever", unit="q", leave=False)]
-    return Ranked(dense_rank, bm25_rank, shipped_rank, config.candidates)
+    return Ranked(dense_rank, bm25_rank, shipped_rank, config.candidates, scores)
 
 
 def recalls(rankings: list[list[int]], gold: Sequence[frozenset[int] | int]) -> dict[str, float]:
@@ -156,28 +159,49 @@ def recalls(rankings: list[list[int]], gold: Sequence[frozenset[int] | int]) -> 
     return {f"R@{k}": round(sum(bool(g.intersection(r[:k])) for r, g in zip(rankings, sets)) / n, 4) for k in KS}
 
 
-def fuse(ranked: Ranked, rrf_k: float, dense_weight: float) -> list[list[int]]:
-    """The appliance's fusion: RRF over each ranker's first ``candidates`` passages."""
+def fusion_of(config: RetrieverConfig) -> dict:
+    """A configuration's fusion as a setting of the grid (keys are RetrieverConfig fields)."""
+    if config.fusion == "convex":
+        return {"fusion": "convex", "convex_dense_share": config.convex_dense_share}
+    return {"fusion": "rrf", "rrf_k": config.rrf_k, "dense_weight": config.dense_weight}
+
+
+def fusion_settings(ranked: Ranked, shipped: RetrieverConfig | None = None) -> list[dict]:
+    """The grid: RRF constants × dense weights, and convex shares where the scores were kept."""
+    grid = [{"fusion": "rrf", "rrf_k": k, "dense_weight": w} for k in RRF_KS for w in DENSE_WEIGHTS]
+    if ranked.scores is not None:
+        grid += [{"fusion": "convex", "convex_dense_share": a} for a in CONVEX_SHARES]
+    if shipped is not None and fusion_of(shipped) not in grid:
+        grid.append(fusion_of(shipped))
+    return grid
+
+
+def fuse(ranked: Ranked, setting: dict) -> list[list[int]]:
+    """The appliance's fusion at ``setting``: RRF over each ranker's first ``candidates`` passages, or
+    the convex combination of their scores (``Retriever.candidate_scores``)."""
+    if setting["fusion"] == "convex":
+        if ranked.scores is None:
+            raise ValueError("convex fusion needs the rankers' scores (rank() keeps them)")
+        return [[p for p, _ in convex_fusion(d, b, setting["convex_dense_share"])] for d, b in ranked.scores]
     c = ranked.candidates
-    return [[d for d, _ in reciprocal_rank_fusion([a[:c], b[:c]], rrf_k, [dense_weight, 1.0])]
+    return [[d for d, _ in reciprocal_rank_fusion([a[:c], b[:c]], setting["rrf_k"], [setting["dense_weight"], 1.0])]
             for a, b in zip(ranked.dense, ranked.bm25)]
 
 
-def fusion_grid(ranked: Ranked, gold, rrf_ks=RRF_KS, weights=DENSE_WEIGHTS) -> list[dict]:
-    return [{"rrf_k": k, "dense_weight": w, **recalls(fuse(ranked, k, w), gold)} for k in rrf_ks for w in weights]
+def fusion_grid(ranked: Ranked, gold) -> list[dict]:
+    return [{**setting, **recalls(fuse(ranked, setting), gold)} for setting in fusion_settings(ranked)]
 
 
 def report(pool: Pool, ranked: Ranked, config: RetrieverConfig, grid: bool = True) -> dict:
     out = {"questions": len(pool.questions), "paragraphs": len(pool.texts), **pool.info,
            "candidates_per_ranker": ranked.candidates}
     if ranked.shipped is not None:
-        out["shipped"] = {"mode": config.mode, "rrf_k": config.rrf_k, "dense_weight": config.dense_weight,
+        out["shipped"] = {"mode": config.mode, **fusion_of(config),
                           "sentence_vectors": config.sentence_vectors, "sentence_weight": config.sentence_weight,
                           "sentence_count_penalty": config.sentence_count_penalty,
                           **recalls(ranked.shipped, pool.gold)}
     out.update(dense=recalls(ranked.dense, pool.gold), bm25=recalls(ranked.bm25, pool.gold),
-               fused=recalls(fuse(ranked, config.rrf_k, config.dense_weight), pool.gold),
-               fusion={"rrf_k": config.rrf_k, "dense_weight": config.dense_weight})
+               fused=recalls(fuse(ranked, fusion_of(config)), pool.gold), fusion=fusion_of(config))
     if grid:
         out["fusion_grid"] = fusion_grid(ranked, pool.gold)
     return out

@@ -1,5 +1,5 @@
-"""tune-fusion: choose the RRF constant and the dense weight of the hybrid retriever on held-in
-data only, then report the choice against the shipped setting on data it was not chosen on.
+"""tune-fusion: choose the hybrid retriever's fusion (reciprocal rank fusion's constant and dense
+weight, or the convex combination of normalised scores and its dense share) on held-in data only, then report the choice against the shipped setting on data it was not chosen on.
 
 Tune data: the tune split of the knowledge-base questions (tests/data/kb_eval.json, the split
 rule written in that file) and the tune articles of SQuAD dev-42 (TUNE_RULE below: a quarter of
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from appliance.config import Config, IngestConfig, RetrieverConfig, load_config
 from appliance.index import IndexSummary, collect_passages
-from build_tools.evaluate_retriever import (DENSE_WEIGHTS, RRF_KS, Pool, Ranked, fuse, is_qa_pairs, open_encoder,
+from build_tools.evaluate_retriever import (Pool, Ranked, fuse, fusion_of, fusion_settings, is_qa_pairs, open_encoder,
                                             qa_pairs_pool, rank, recalls, squad_pool)
 from build_tools.paths import PROJECT_ROOT, SHARED_DATA, SQUAD_DIR
 from build_tools.selective import load_questions
@@ -75,22 +75,36 @@ def objective(scores: list[dict[str, float]]) -> float:
     return round(sum((r["R@1"] + r["R@5"]) / 2 for r in scores) / max(len(scores), 1), 4)
 
 
+def setting_of(entry: dict) -> dict:
+    """The fusion setting of a grid entry (without its measurements)."""
+    keys = ("fusion", "convex_dense_share") if entry["fusion"] == "convex" else ("fusion", "rrf_k", "dense_weight")
+    return {k: entry[k] for k in keys}
+
+
+def distance(setting: dict, shipped: dict) -> tuple:
+    """How far a setting is from the shipped one: ties on the objective go to the nearest."""
+    if setting["fusion"] != shipped["fusion"]:
+        return (1, 0.0, 0.0)
+    if setting["fusion"] == "convex":
+        return (0, abs(setting["convex_dense_share"] - shipped["convex_dense_share"]), 0.0)
+    return (0, abs(setting["dense_weight"] - shipped["dense_weight"]), abs(setting["rrf_k"] - shipped["rrf_k"]))
+
+
 def choose(tune: list[tuple[Pool, Ranked]], shipped: RetrieverConfig, margin: float) -> dict:
     """Every grid setting's objective on the tune sets; the best, and whether it replaces the shipped one."""
     grid = []
-    settings = {(k, w) for k in RRF_KS for w in DENSE_WEIGHTS} | {(shipped.rrf_k, shipped.dense_weight)}
-    for k, w in sorted(settings):
-        per_set = {pool.name: recalls(fuse(ranked, k, w), pool.gold) for pool, ranked in tune}
-        grid.append({"rrf_k": k, "dense_weight": w, "objective": objective(list(per_set.values())), **per_set})
-    best = max(grid, key=lambda g: (g["objective"], -abs(g["dense_weight"] - shipped.dense_weight),
-                                    -abs(g["rrf_k"] - shipped.rrf_k)))
-    current = next(g for g in grid if (g["rrf_k"], g["dense_weight"]) == (shipped.rrf_k, shipped.dense_weight))
+    current_setting = fusion_of(shipped)
+    scored = all(ranked.scores is not None for _, ranked in tune)  # convex settings need every set's scores
+    for setting in [s for s in fusion_settings(tune[0][1], shipped) if scored or s["fusion"] == "rrf"]:
+        per_set = {pool.name: recalls(fuse(ranked, setting), pool.gold) for pool, ranked in tune}
+        grid.append({**setting, "objective": objective(list(per_set.values())), **per_set})
+    best = max(grid, key=lambda g: (g["objective"], tuple(-x for x in distance(setting_of(g), current_setting))))
+    current = next(g for g in grid if setting_of(g) == current_setting)
     change = best["objective"] - current["objective"] > margin
     chosen = best if change else current
     return {"tune_sets": [f"{p.name} ({len(p.questions)} questions)" for p, _ in tune],
             "objective": "mean over the tune sets of (R@1 + R@5) / 2", "margin": margin,
-            "shipped": current, "best": best,
-            "chosen": {"rrf_k": chosen["rrf_k"], "dense_weight": chosen["dense_weight"]},
+            "shipped": current, "best": best, "chosen": setting_of(chosen),
             "changes_the_shipped_setting": change,
             "grid": sorted(grid, key=lambda g: -g["objective"])}
 
@@ -101,10 +115,11 @@ def describe(pool: Pool, ranked: Ranked, shipped: RetrieverConfig, chosen: dict,
            "dense": recalls(ranked.dense, pool.gold), "bm25": recalls(ranked.bm25, pool.gold)}
     if ranked.shipped is not None:
         out["shipped_retriever"] = recalls(ranked.shipped, pool.gold)
-    out["fused_shipped"] = recalls(fuse(ranked, shipped.rrf_k, shipped.dense_weight), pool.gold)
-    out["fused_chosen"] = recalls(fuse(ranked, chosen["rrf_k"], chosen["dense_weight"]), pool.gold)
+    out["fused_shipped"] = recalls(fuse(ranked, fusion_of(shipped)), pool.gold)
+    out["fused_chosen"] = recalls(fuse(ranked, chosen), pool.gold)
     for k, w in also:
-        out[f"fused_rrf_k_{k}_dense_weight_{w:g}"] = recalls(fuse(ranked, k, w), pool.gold)
+        out[f"fused_rrf_k_{k}_dense_weight_{w:g}"] = recalls(fuse(ranked, {"fusion": "rrf", "rrf_k": k,
+                                                                            "dense_weight": w}), pool.gold)
     return out
 
 
@@ -183,8 +198,7 @@ def main(argv: list[str] | None = None) -> None:
             **describe(pool, rank(pool, encoder, shipped), shipped, chosen, also),
             "paragraphs_of_file": pool.info["paragraphs_of_file"], "distractors": pool.info["distractors"]}
     report = {"encoder": str(onnx_path), "squad_tune_rule": TUNE_RULE,
-              "shipped": {"rrf_k": shipped.rrf_k, "dense_weight": shipped.dense_weight,
-                          "candidates": shipped.candidates},
+              "shipped": {**fusion_of(shipped), "candidates": shipped.candidates},
               "choice": {k: v for k, v in choice.items() if k != "grid"}, "results": results,
               "grid_top10": choice["grid"][:10]}
     if args.heading_variants:

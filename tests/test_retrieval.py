@@ -34,6 +34,8 @@ def test_unknown_mode_is_rejected(encoder, kb_index_dir):
     index = load_index(kb_index_dir)
     with pytest.raises(ValueError, match="hybrid, dense or bm25"):
         Retriever(encoder, index, RetrieverConfig(mode="magic"))
+    with pytest.raises(ValueError, match="rrf or convex"):
+        Retriever(encoder, index, RetrieverConfig(fusion="magic"))
 
 
 def test_a_retriever_runs_the_fusion_and_depth_of_its_config_section(encoder, kb_index_dir):
@@ -114,12 +116,3 @@ def test_a_sentence_of_a_long_passage_counts_less_by_the_count_penalty(encoder, 
         np.testing.assert_allclose(score[ranking], np.sort(score)[::-1][:10], atol=1e-5)
         moved += ranking != unpenalised.dense_rankings([q["question"]], 10)[0]
     assert moved > 0
-
-
-def test_the_count_penalty_is_range_checked(tmp_path):
-    from appliance.config import ConfigError, load_config
-
-    path = tmp_path / "box.toml"
-    path.write_text("[retriever]\nsentence_count_penalty = -0.1\n")
-    with pytest.raises(ConfigError, match="sentence_count_penalty"):
-        load_config(path)

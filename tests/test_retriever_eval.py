@@ -4,13 +4,15 @@ appliance builds it, and the fusion is chosen on the tune data alone."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from conftest import DATA, ROOT, run_cli
 
 from appliance.config import Config, RetrieverConfig
-from appliance.retriever import reciprocal_rank_fusion
-from build_tools.evaluate_retriever import Pool, Ranked, fuse, is_qa_pairs, qa_pairs_pool, recalls, squad_pool
+from appliance.retriever import convex_fusion, reciprocal_rank_fusion
+from build_tools.evaluate_retriever import (Pool, Ranked, fuse, fusion_of, is_qa_pairs, qa_pairs_pool, recalls,
+                                            squad_pool)
 from build_tools.tune_fusion import choose, is_tune_article
 
 POOL = DATA / "tiny-squad-pool.json"  # Kettle (test article, one paragraph without questions), Boiler (tune)
@@ -59,8 +61,22 @@ def test_a_question_answer_list_pools_its_answers_and_every_answer_a_question_wa
 def test_recall_counts_any_gold_passage_and_fusion_is_the_appliances():
     assert recalls([[3, 1, 2], [0, 2]], [frozenset([1]), frozenset([5, 2])]) == {"R@1": 0.0, "R@5": 1.0, "R@20": 1.0}
     ranked = Ranked(dense=[[0, 1, 2, 3]], bm25=[[3, 2, 1, 0]], shipped=None, candidates=2)
-    fused = fuse(ranked, 60, 2.0)  # only each ranker's first `candidates` take part, as in Retriever.search
+    fused = fuse(ranked, {"fusion": "rrf", "rrf_k": 60, "dense_weight": 2.0})  # each ranker's first `candidates`
     assert fused == [[d for d, _ in reciprocal_rank_fusion([[0, 1], [3, 2]], 60, [2.0, 1.0])]] == [[0, 1, 3, 2]]
+    with pytest.raises(ValueError, match="scores"):  # convex fusion weighs scores, which this ranking lacks
+        fuse(ranked, {"fusion": "convex", "convex_dense_share": 0.5})
+
+
+def test_convex_fusion_weighs_how_far_ahead_a_passage_is():
+    """Rank fusion ties a passage first by a hair in one ranker with one first by far in the other;
+    convex fusion of scores over each ranker's best puts the clear winner first."""
+    dense = {0: 0.80, 1: 0.79, 2: 0.30}  # 0 first by a hair
+    bm25 = {0: 2.0, 1: 12.0, 2: 0.0}  # 1 first by far
+    assert [p for p, _ in convex_fusion(dense, bm25, 0.5)] == [1, 0, 2]
+    assert [p for p, _ in convex_fusion(dense, bm25, 1.0)] == [0, 1, 2]  # dense alone
+    assert [p for p, _ in convex_fusion(dense, bm25, 0.0)] == [1, 0, 2]  # BM25 alone
+    top = convex_fusion(dense, {p: 0.0 for p in dense}, 0.7)  # no shared term: the dense order, scaled
+    assert [p for p, _ in top] == [0, 1, 2] and top[0][1] == pytest.approx(0.7)
 
 
 def test_articles_split_by_title_alone():
@@ -79,8 +95,7 @@ def test_the_shipped_fusion_stays_unless_the_tune_data_beats_it_by_the_margin():
     choice = choose(tune, shipped, margin=0.005)
     assert choice["changes_the_shipped_setting"] and choice["chosen"]["dense_weight"] < shipped.dense_weight
     assert choice["best"]["objective"] > choice["shipped"]["objective"]
-    assert choose(tune, shipped, margin=1.0)["chosen"] == {"rrf_k": shipped.rrf_k,
-                                                           "dense_weight": shipped.dense_weight}
+    assert choose(tune, shipped, margin=1.0)["chosen"] == fusion_of(shipped)
     agree = [_set("b", [[0, 1, 2, 3]] * 2, [[0, 1, 2, 3]] * 2, [0, 0])]  # every setting ties: keep what ships
     assert not choose(agree, shipped, 0.005)["changes_the_shipped_setting"]
 
@@ -92,12 +107,12 @@ def test_evaluate_retriever_reports_the_shipped_retriever_on_the_full_pool():
     report = json.loads(result.stdout)
     shipped = Config().retriever
     assert report["paragraphs"] == 8 and report["paragraphs_of_file"] == 5 and report["questions"] == 6
-    assert report["shipped"]["mode"] == shipped.mode and report["shipped"]["dense_weight"] == shipped.dense_weight
-    assert report["fusion"] == {"rrf_k": shipped.rrf_k, "dense_weight": shipped.dense_weight}
+    assert report["shipped"]["mode"] == shipped.mode and fusion_of(shipped).items() <= report["shipped"].items()
+    assert report["fusion"] == fusion_of(shipped)
     for ranker in ("shipped", "dense", "bm25", "fused"):
         assert 0.5 <= report[ranker]["R@1"] <= report[ranker]["R@5"] == 1.0
-    grid = {(g["rrf_k"], g["dense_weight"]) for g in report["fusion_grid"]}
-    assert (shipped.rrf_k, shipped.dense_weight) in grid and len(grid) > 20
+    grid = {(g["rrf_k"], g["dense_weight"]) for g in report["fusion_grid"] if g["fusion"] == "rrf"}
+    assert len(grid) > 20 and {g["convex_dense_share"] for g in report["fusion_grid"] if g["fusion"] == "convex"}
 
 
 @pytest.mark.slow  # the command loads the shipped model
@@ -149,5 +164,8 @@ def test_the_fusion_figures_are_the_rankings_the_box_gives_question_by_question(
     pool = kb_pool(ROOT / "knowledge", DATA / "kb_eval.json", config.ingest)
     pool = Pool(pool.name, pool.texts, pool.questions[:80], pool.gold[:80], pool.bm25_texts)
     ranked = rank(pool, encoder, config.retriever)
-    fused = fuse(ranked, config.retriever.rrf_k, config.retriever.dense_weight)
+    fused = fuse(ranked, fusion_of(config.retriever))
     assert [row[:len(shipped)] for row, shipped in zip(fused, ranked.shipped)] == ranked.shipped
+    convex = replace(config.retriever, fusion="convex", convex_dense_share=0.7)  # the other fusion: the same holds
+    ranked = rank(pool, encoder, convex)
+    assert [row[:len(shipped)] for row, shipped in zip(fuse(ranked, fusion_of(convex)), ranked.shipped)] == ranked.shipped
