@@ -165,13 +165,13 @@ class Retriever:
         vector = self.encoder.encode([question])
         if self.mode == "bm25":
             return self._with_cosines(vector, [(i, 0.0) for i in self.bm25.search(question, top_k)])
-        dense = self._dense_ranking(vector, k)
         if self.mode == "dense":
-            return self._with_cosines(vector, [(i, 0.0) for i in dense[:top_k]])
+            return self._with_cosines(vector, [(i, 0.0) for i in self._dense_ranking(vector, k)[:top_k]])
         if self.config.fusion == "convex":
             fused = convex_fusion(*self.candidate_scores(vector, question, k), self.config.convex_dense_share)
         else:
-            fused = reciprocal_rank_fusion([dense, self.bm25.search(question, k)], self.rrf_k, [self.dense_weight, 1.0])
+            fused = reciprocal_rank_fusion([self._dense_ranking(vector, k), self.bm25.search(question, k)], self.rrf_k,
+                                           [self.dense_weight, 1.0])
         return self._with_cosines(vector, fused[:top_k])
 
     def _with_cosines(self, vector: np.ndarray, ranked: list[tuple[int, float]]) -> list[Hit]:
