@@ -16,7 +16,7 @@ from appliance.bm25 import TOKENS_VERSION
 from appliance.calibrator import Calibrator
 from appliance.config import Config
 from appliance.encoder import SentenceEncoder
-from appliance.errors import ApplianceError, IndexMissingError
+from appliance.errors import ApplianceError, IndexMissingError, StorageError
 from appliance.index import (PASSAGES_VERSION, SPEECH_ADAPTATION, IndexStep, IndexSummary, IndexVersion, index_exists,
                              load_index)
 from appliance.index import build_index as build_index_version
@@ -79,17 +79,37 @@ def open_index(config: Config, encoder: SentenceEncoder, kb: Path | None = None,
     if build_if_missing and not index_exists(where):
         build_index(config, kb, where, encoder)
     version = load_index(where)
-    why = outdated(version, encoder, config.retriever.sentence_vectors)
-    if why is None:
-        return version
+    why = outdated(version, encoder)
+    if why is not None:
+        if not build_if_missing:
+            raise IndexMissingError(f"index at {where} was built {why}; rebuild it with: appliance index --index {where}")
+        log.warning("index at %s was built %s: rebuilding it", where, why)
+        build_index(config, kb, where, encoder)
+        return load_index(where)
+    if config.retriever.sentence_vectors and "sentence_vectors" not in version.manifest:
+        return with_sentence_vectors(config, kb, where, encoder, version, build_if_missing)
+    return version
+
+
+def with_sentence_vectors(config: Config, kb: Path | None, where: Path, encoder: SentenceEncoder,
+                          version: IndexVersion, build_if_missing: bool) -> IndexVersion:
+    """An index built before sentence vectors (or without them) is rebuilt with them when it can be;
+    when it cannot (read-only or full disk, or building is off) it still answers as it is: they only
+    refine the dense ranking, so their absence must not leave the box mute."""
+    missing = "index at %s has no sentence vectors ([retriever] sentence_vectors)"
     if not build_if_missing:
-        raise IndexMissingError(f"index at {where} was built {why}; rebuild it with: appliance index --index {where}")
-    log.warning("index at %s was built %s: rebuilding it", where, why)
-    build_index(config, kb, where, encoder)
+        log.warning(missing + "; answering without them until it is rebuilt: appliance index --index %s", where, where)
+        return version
+    log.warning(missing + ": rebuilding it", where)
+    try:
+        build_index(config, kb, where, encoder)
+    except StorageError as exc:
+        log.warning("%s; answering from the index as it is, without sentence vectors", exc)
+        return version
     return load_index(where)
 
 
-def outdated(version: IndexVersion, encoder: SentenceEncoder, sentences: bool = False) -> str | None:
+def outdated(version: IndexVersion, encoder: SentenceEncoder) -> str | None:
     """Why this index version must not be searched as it is, or None."""
     if version.manifest.get("encoder_sha256") != encoder.sha256:
         return "with a different retriever model"
@@ -97,8 +117,6 @@ def outdated(version: IndexVersion, encoder: SentenceEncoder, sentences: bool = 
         return "by an older release's document readers"
     if version.manifest.get("bm25_tokens", 1) != TOKENS_VERSION:
         return "by an older release's word matching (BM25 terms)"
-    if sentences and "sentence_vectors" not in version.manifest:
-        return "without the sentence vectors [retriever] sentence_vectors asks for"
     return None
 
 

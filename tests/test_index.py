@@ -128,13 +128,14 @@ def test_index_from_another_retriever_model_is_rebuilt_or_refused(tmp_path, conf
     assert "two litres" in pipeline.ask("How do I prime the pump?").passage
 
 
-def test_an_index_without_sentence_vectors_is_rebuilt_when_the_config_asks_for_them(tmp_path, config, encoder):
+def test_an_index_without_sentence_vectors_is_rebuilt_when_the_config_asks_for_them(tmp_path, config, encoder, caplog):
     kb = make_kb(tmp_path / "kb", "# Pump\n\n## Priming\n\nOpen the valve. Prime the pump with two litres of water.\n")
     build_index(kb, tmp_path / "index", encoder)
     assert load_index(tmp_path / "index").sentences is None  # not asked for: none built
     wants = dataclasses.replace(config, retriever=dataclasses.replace(config.retriever, sentence_vectors=True))
-    with pytest.raises(IndexMissingError, match="without the sentence vectors.*appliance index"):
-        runtime.load_pipeline(wants, kb=kb, index=tmp_path / "index", build_if_missing=False)
+    as_it_is = runtime.load_pipeline(wants, kb=kb, index=tmp_path / "index", build_if_missing=False)
+    assert as_it_is.index.sentences is None and "two litres" in as_it_is.ask("How do I prime the pump?").passage
+    assert "appliance index" in caplog.text  # it answers, and says how to get the sentence vectors
     pipeline = runtime.load_pipeline(wants, kb=kb, index=tmp_path / "index", build_if_missing=True)
     assert pipeline.index.sentences.owner.tolist() == [0, 0] == [0] * pipeline.index.manifest["sentence_vectors"]
     assert {"sentences.faiss", "sentences.npy"} <= set(os.listdir(pipeline.index.path))
