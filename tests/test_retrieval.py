@@ -116,3 +116,31 @@ def test_a_sentence_of_a_long_passage_counts_less_by_the_count_penalty(encoder, 
         np.testing.assert_allclose(score[ranking], np.sort(score)[::-1][:10], atol=1e-5)
         moved += ranking != unpenalised.dense_rankings([q["question"]], 10)[0]
     assert moved > 0
+
+
+def test_candidate_scores_give_both_rankers_scores_for_every_candidate(encoder, sentence_index, kb_questions):
+    """Convex fusion weighs a passage only one ranker found by both scores: the dense one computed in
+    full (its vector and its sentences), the BM25 one read off the index."""
+    import numpy as np
+
+    index = load_index(sentence_index)
+    units = index.sentences
+    passages = np.stack([index.dense.reconstruct(i) for i in range(index.dense.ntotal)])
+    sentences = np.stack([units.dense.reconstruct(i) for i in range(units.dense.ntotal)])
+    counts = np.bincount(units.owner, minlength=len(passages))
+    retriever = Retriever(encoder, index, RetrieverConfig(sentence_vectors=True, sentence_weight=0.6,
+                                                          sentence_count_penalty=0.05))
+    only_bm25 = 0
+    for q in kb_questions[:20]:
+        vector = encoder.encode([q["question"]])
+        own = passages @ vector[0]
+        best = np.full(len(passages), -np.inf, dtype=np.float32)
+        np.maximum.at(best, units.owner, sentences @ vector[0])
+        lead = np.where(np.isfinite(best), best - 0.05 * np.log(np.maximum(counts, 1)) - own, 0.0)
+        full = own + 0.6 * np.maximum(0.0, lead)
+        dense, lexical = retriever.candidate_scores(vector, q["question"], 5)
+        assert dense.keys() == lexical.keys() >= set(index.bm25.search(q["question"], 5))
+        np.testing.assert_allclose([dense[p] for p in dense], full[list(dense)], atol=1e-5)
+        np.testing.assert_allclose([lexical[p] for p in lexical], index.bm25.scores(q["question"])[list(lexical)])
+        only_bm25 += len(dense) > 5
+    assert only_bm25 > 0  # some candidates came from BM25 alone and were scored all the same
