@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
@@ -159,11 +159,17 @@ def recalls(rankings: list[list[int]], gold: Sequence[frozenset[int] | int]) -> 
     return {f"R@{k}": round(sum(bool(g.intersection(r[:k])) for r, g in zip(rankings, sets)) / n, 4) for k in KS}
 
 
+FUSION_KEYS = {"rrf": ("rrf_k", "dense_weight"), "convex": ("convex_dense_share",)}  # RetrieverConfig fields
+
+
+def setting_of(entry: dict) -> dict:
+    """The fusion setting a grid entry or a configuration's fields hold (without measurements)."""
+    return {"fusion": entry["fusion"], **{k: entry[k] for k in FUSION_KEYS[entry["fusion"]]}}
+
+
 def fusion_of(config: RetrieverConfig) -> dict:
-    """A configuration's fusion as a setting of the grid (keys are RetrieverConfig fields)."""
-    if config.fusion == "convex":
-        return {"fusion": "convex", "convex_dense_share": config.convex_dense_share}
-    return {"fusion": "rrf", "rrf_k": config.rrf_k, "dense_weight": config.dense_weight}
+    """A configuration's fusion as a setting of the grid."""
+    return setting_of(asdict(config))
 
 
 def fusion_settings(ranked: Ranked, shipped: RetrieverConfig | None = None) -> list[dict]:

@@ -1,5 +1,6 @@
 """tune-fusion: choose the hybrid retriever's fusion (reciprocal rank fusion's constant and dense
-weight, or the convex combination of normalised scores and its dense share) on held-in data only, then report the choice against the shipped setting on data it was not chosen on.
+weight, or the convex combination of normalised scores and its dense share) on held-in data only,
+then report the choice against the shipped setting on data it was not chosen on.
 
 Tune data: the tune split of the knowledge-base questions (tests/data/kb_eval.json, the split
 rule written in that file) and the tune articles of SQuAD dev-42 (TUNE_RULE below: a quarter of
@@ -29,8 +30,8 @@ from pathlib import Path
 
 from appliance.config import Config, IngestConfig, RetrieverConfig, load_config
 from appliance.index import IndexSummary, collect_passages
-from build_tools.evaluate_retriever import (Pool, Ranked, fuse, fusion_of, fusion_settings, is_qa_pairs, open_encoder,
-                                            qa_pairs_pool, rank, recalls, squad_pool)
+from build_tools.evaluate_retriever import (FUSION_KEYS, Pool, Ranked, fuse, fusion_of, fusion_settings, is_qa_pairs,
+                                            open_encoder, qa_pairs_pool, rank, recalls, setting_of, squad_pool)
 from build_tools.paths import PROJECT_ROOT, SHARED_DATA, SQUAD_DIR
 from build_tools.selective import load_questions
 
@@ -75,19 +76,12 @@ def objective(scores: list[dict[str, float]]) -> float:
     return round(sum((r["R@1"] + r["R@5"]) / 2 for r in scores) / max(len(scores), 1), 4)
 
 
-def setting_of(entry: dict) -> dict:
-    """The fusion setting of a grid entry (without its measurements)."""
-    keys = ("fusion", "convex_dense_share") if entry["fusion"] == "convex" else ("fusion", "rrf_k", "dense_weight")
-    return {k: entry[k] for k in keys}
-
-
 def distance(setting: dict, shipped: dict) -> tuple:
-    """How far a setting is from the shipped one: ties on the objective go to the nearest."""
+    """How far a setting is from the shipped one (another fusion is farthest): ties on the objective
+    go to the nearest, the dense weight before the RRF constant."""
     if setting["fusion"] != shipped["fusion"]:
-        return (1, 0.0, 0.0)
-    if setting["fusion"] == "convex":
-        return (0, abs(setting["convex_dense_share"] - shipped["convex_dense_share"]), 0.0)
-    return (0, abs(setting["dense_weight"] - shipped["dense_weight"]), abs(setting["rrf_k"] - shipped["rrf_k"]))
+        return (1,)
+    return (0, *(abs(setting[k] - shipped[k]) for k in reversed(FUSION_KEYS[setting["fusion"]])))
 
 
 def choose(tune: list[tuple[Pool, Ranked]], shipped: RetrieverConfig, margin: float) -> dict:
