@@ -43,8 +43,8 @@ class RetrieverConfig:
     fusion: str = "rrf"  # rrf (reciprocal rank) | convex (normalised scores, README)
     convex_dense_share: float = 0.7  # with fusion = convex: the dense score's share against BM25's
     sentence_vectors: bool = True  # a passage's dense score also counts its best sentence's (README)
-    sentence_weight: float = 0.6  # with sentence_vectors: the share of a best sentence's lead over its passage that counts
-    sentence_count_penalty: float = 0.05  # with sentence_vectors: taken from a best sentence's cosine per ln(sentences in its passage)
+    sentence_weight: float = 0.6  # the share of a passage's best sentence's lead over the passage that counts
+    sentence_count_penalty: float = 0.05  # taken from that sentence's cosine per ln(sentences in the passage)
     max_length: int = 256  # encoder tokens per passage
     threads: int = 2
 

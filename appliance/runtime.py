@@ -82,7 +82,8 @@ def open_index(config: Config, encoder: SentenceEncoder, kb: Path | None = None,
     why = outdated(version, encoder)
     if why is not None:
         if not build_if_missing:
-            raise IndexMissingError(f"index at {where} was built {why}; rebuild it with: appliance index --index {where}")
+            raise IndexMissingError(f"index at {where} was built {why}; "
+                                    f"rebuild it with: appliance index --index {where}")
         log.warning("index at %s was built %s: rebuilding it", where, why)
         build_index(config, kb, where, encoder)
         return load_index(where)

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from build_tools.onnx_export import export_model, sample_windows, window_feed
+from build_tools.onnx_export import export_model, fp32_dir, sample_windows, window_feed
 from build_tools.paths import SQUAD_DIR
 from build_tools.training import default_train_dir
 
@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", default=str(default_train_dir("reader") / "final"),
                    help="HF model dir (default: the reader job's final model)")
     p.add_argument("--out", default="models/reader")
-    p.add_argument("--fp32-out", default="build/reader-fp32")
+    p.add_argument("--fp32-out", default=None,
+                   help="where the fp32 ONNX goes (default: build/reader-fp32 for models/reader, else OUT-fp32)")
     p.add_argument("--parity-samples", type=int, default=200, help="dev windows compared with PyTorch (0 = none)")
     p.add_argument("--parity-data", type=Path, default=PARITY_DATA)
     args = p.parse_args(argv)
@@ -39,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.parity_samples and args.parity_data.exists():
         feeds = [window_feed(w, "reader") for w in
                  sample_windows(checkpoint / "tokenizer.json", args.parity_samples, data=args.parity_data)]
-    manifest = export_model(model, "reader", Path(args.fp32_out), checkpoint / "tokenizer.json", rebuild=REBUILD,
-                            extra={"source": source}, int8_out=out, parity_feeds=feeds)
+    manifest = export_model(model, "reader", fp32_dir(args.fp32_out, out, "reader"), checkpoint / "tokenizer.json",
+                            rebuild=REBUILD, extra={"source": source}, int8_out=out, parity_feeds=feeds)
     print(json.dumps({"out": str(out), "parity_vs_pytorch": manifest.get("parity_vs_pytorch"),
                       "bytes": manifest["files"]["model.int8.onnx"]["bytes"]}, indent=2))
 

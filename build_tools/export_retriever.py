@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from build_tools.onnx_export import export_model, text_feeds
+from build_tools.onnx_export import export_model, fp32_dir, text_feeds
 from build_tools.paths import SQUAD_DIR, minilm_dir
 from build_tools.squad import load_squad
 
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="build_tools export-retriever", description=__doc__)
     p.add_argument("--base", default=None, help="HF model dir (default: the MiniLM-L6 package)")
     p.add_argument("--out", default="models/retriever")
-    p.add_argument("--fp32-out", default="build/retriever-fp32", help="where the fp32 ONNX is kept")
+    p.add_argument("--fp32-out", default=None,
+                   help="where the fp32 ONNX is kept (default: build/retriever-fp32 for models/retriever, "
+                        "else OUT-fp32)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--parity-samples", type=int, default=400)
     p.add_argument("--blend-stock", type=float, default=0.0, metavar="W",
@@ -65,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         blend_with_stock(model, args.blend_stock)
         source.setdefault("fine_tuned", {})["blend_stock"] = args.blend_stock
     feeds = text_feeds(base / "tokenizer.json", parity_texts(args.parity_samples), args.max_length)
-    manifest = export_model(model, "retriever", Path(args.fp32_out), base / "tokenizer.json", rebuild=REBUILD,
-                            extra={"source": source}, int8_out=out, parity_feeds=feeds)
+    manifest = export_model(model, "retriever", fp32_dir(args.fp32_out, out, "retriever"), base / "tokenizer.json",
+                            rebuild=REBUILD, extra={"source": source}, int8_out=out, parity_feeds=feeds)
     print(json.dumps({"out": str(out), "parity_vs_pytorch": manifest["parity_vs_pytorch"],
                       "bytes": manifest["files"]["model.int8.onnx"]["bytes"]}, indent=2))
 

@@ -39,6 +39,18 @@ def _keyword_wrapper(model, output_names: list[str]):
     return Wrapper().eval()
 
 
+def fp32_dir(fp32_out: str | None, int8_out: Path, kind: str) -> Path:
+    """Where an export keeps its fp32 ONNX: as asked, else build/KIND-fp32 for the shipped models/KIND
+    and OUT-fp32 beside any other int8 output, so exporting a snapshot or a candidate never
+    overwrites the fp32 copy of the shipped model (it once did, and a benchmark then timed the
+    wrong network)."""
+    if fp32_out:
+        return Path(fp32_out)
+    if int8_out.resolve() == (Path("models") / kind).resolve():
+        return Path("build") / f"{kind}-fp32"
+    return int8_out.with_name(f"{int8_out.name}-fp32")
+
+
 def export_onnx(model, path: Path, output_names: list[str], opset: int = 17) -> None:
     """torch.onnx.export with the TorchScript exporter (dynamo=False) and dynamic batch/sequence."""
     import torch

@@ -278,3 +278,12 @@ def test_one_exporter_writes_fp32_and_int8_dirs_with_parity(tiny_dirs, tmp_path)
     assert checks["int8"]["max_abs_diff"] > checks["fp32"]["max_abs_diff"]  # int8 really is another model
     vectors = SentenceEncoder(int8, RetrieverConfig(max_length=64)).encode(["the quick program"])
     assert vectors.shape == (1, 32) and abs(float(np.linalg.norm(vectors)) - 1) < 1e-5
+
+
+def test_an_export_elsewhere_keeps_its_fp32_copy_beside_it_not_over_the_shipped_ones():
+    from build_tools.onnx_export import fp32_dir
+
+    assert fp32_dir(None, Path("models/reader"), "reader") == Path("build/reader-fp32")
+    assert fp32_dir(None, Path("build/ssnap-int8"), "reader") == Path("build/ssnap-int8-fp32")
+    assert fp32_dir(None, Path("build/cand"), "retriever") == Path("build/cand-fp32")
+    assert fp32_dir("elsewhere", Path("build/ssnap-int8"), "reader") == Path("elsewhere")

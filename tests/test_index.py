@@ -31,7 +31,7 @@ def test_build_writes_passages_faiss_bm25_and_manifest(tmp_path, encoder):
     assert encoder.sha256 not in ("", None)
     assert {"documents", "passages", "built", "skipped"} <= set(loaded.manifest)
     assert sorted(os.listdir(loaded.path)) == ["asr", "bm25.json", "dense.faiss", "manifest.json", "passages.jsonl",
-                                               "sentences.faiss", "sentences.npy"]  # the shipped retriever reads sentences
+                                               "sentences.faiss", "sentences.npy"]  # the shipped retriever's
     assert sorted(os.listdir(loaded.path / "asr")) == ["kb.dict", "kb.lm", "kb.vocab.json", "kb.words.json"]
     assert loaded.manifest["asr_adaptation"]["words"] > 5
     assert loaded.speech_adaptation == loaded.path / "asr"

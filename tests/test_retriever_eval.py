@@ -168,4 +168,5 @@ def test_the_fusion_figures_are_the_rankings_the_box_gives_question_by_question(
     assert [row[:len(shipped)] for row, shipped in zip(fused, ranked.shipped)] == ranked.shipped
     convex = replace(config.retriever, fusion="convex", convex_dense_share=0.7)  # the other fusion: the same holds
     ranked = rank(pool, encoder, convex)
-    assert [row[:len(shipped)] for row, shipped in zip(fuse(ranked, fusion_of(convex)), ranked.shipped)] == ranked.shipped
+    fused = fuse(ranked, fusion_of(convex))
+    assert [row[:len(shipped)] for row, shipped in zip(fused, ranked.shipped)] == ranked.shipped
