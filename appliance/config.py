@@ -45,6 +45,7 @@ class RetrieverConfig:
     sentence_vectors: bool = True  # a passage's dense score also counts its best sentence's (README)
     sentence_weight: float = 0.6  # the share of a passage's best sentence's lead over the passage that counts
     sentence_count_penalty: float = 0.05  # taken from that sentence's cosine per ln(sentences in the passage)
+    sentence_list_weight: float = 0.0  # > 0: RRF fuses the sentences' own ranking at this weight instead (README)
     max_length: int = 256  # encoder tokens per passage
     threads: int = 2
 
@@ -173,6 +174,7 @@ LIMITS: dict[str, tuple] = {
     "retriever.mode": ("hybrid", "dense", "bm25"), "retriever.dense_weight": (0.0, 100.0),
     "retriever.fusion": ("rrf", "convex"), "retriever.convex_dense_share": (0.0, 1.0),
     "retriever.sentence_weight": (0.0, 1.0), "retriever.sentence_count_penalty": (0.0, 1.0),
+    "retriever.sentence_list_weight": (0.0, 100.0),
     "retriever.max_length": (8, 512), "retriever.threads": (1, 256),
     "reader.max_length": (32, 512), "reader.stride": (0, 511), "reader.max_answer_tokens": (1, 512),
     "reader.threshold": (0.0, 1.0), "reader.rank_weight": (0.0, 10.0), "reader.threads": (1, 256),

@@ -119,21 +119,45 @@ class Retriever:
         ``sentence_weight`` of its best sentence's lead over itself, the sentence's cosine less
         ``sentence_count_penalty`` × ln(its passage's sentences) (weight 1 and no penalty: the better
         of the two, then exact, since any passage outside both searches scores below the k-th of each)."""
+        own, best_sentence = self._searches(vector, k)
+        for passage in best_sentence.keys() - own.keys():
+            own[passage] = float(self.dense.reconstruct(passage) @ vector[0])
+        score = {p: self._with_sentence(p, c, best_sentence.get(p)) for p, c in own.items()}
+        return {p: score[p] for p in sorted(score, key=lambda p: (-score[p], p))[:k]}
+
+    def _searches(self, vector: np.ndarray, k: int) -> tuple[dict[int, float], dict[int, float]]:
+        """The cosines of the ``k`` nearest passages (best first), and the best cosine among the
+        nearest sentences of each passage they belong to (none without sentence vectors)."""
         scores, ids = self.dense.search(vector, min(k, self.dense.ntotal))
         own = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
-        if self.sentences is None or self.sentences.dense.ntotal == 0:
-            return own
-        units = self.sentences
         best_sentence: dict[int, float] = {}
+        units = self.sentences
+        if units is None or units.dense.ntotal == 0:
+            return own, best_sentence
         scores, ids = units.dense.search(vector, min(k * units.most_per_passage, units.dense.ntotal))
         for s, i in zip(scores[0], ids[0]):
             if i >= 0:
                 passage = int(units.owner[i])
                 best_sentence[passage] = max(best_sentence.get(passage, -2.0), float(s))
-        for passage in best_sentence.keys() - own.keys():
-            own[passage] = float(self.dense.reconstruct(passage) @ vector[0])
-        score = {p: self._with_sentence(p, c, best_sentence.get(p)) for p, c in own.items()}
-        return {p: score[p] for p in sorted(score, key=lambda p: (-score[p], p))[:k]}
+        return own, best_sentence
+
+    def separate_rankings(self, vector: np.ndarray, k: int) -> tuple[list[int], list[int]]:
+        """The passage vectors' ranking alone, and the sentences' own: each passage at its best
+        sentence's cosine less the count penalty, a passage of one sentence (no sentence vectors) at
+        its own cosine. Rank fusion takes them as two lists when ``sentence_list_weight`` > 0. The
+        sentence list's tail is approximate: a one-sentence passage just outside the passage search
+        is missed."""
+        own, best_sentence = self._searches(vector, k)
+        units = self.sentences
+        penalty = self.config.sentence_count_penalty
+        score = {p: s - penalty * float(units.log_counts[p]) for p, s in best_sentence.items()} if units is not None else {}
+        for passage, cosine in own.items():
+            if units is None or passage >= len(units.log_counts) or units.log_counts[passage] == 0:
+                score[passage] = cosine
+        return list(own), sorted(score, key=lambda p: (-score[p], p))[:k]
+
+    def _sentence_list(self) -> bool:
+        return self.sentences is not None and self.config.sentence_list_weight > 0
 
     def _with_sentence(self, passage: int, cosine: float, best_sentence: float | None) -> float:
         """A passage's dense score: its cosine plus the share of its best sentence's penalised lead."""
@@ -169,6 +193,10 @@ class Retriever:
             return self._with_cosines(vector, [(i, 0.0) for i in self._dense_ranking(vector, k)[:top_k]])
         if self.config.fusion == "convex":
             fused = convex_fusion(*self.candidate_scores(vector, question, k), self.config.convex_dense_share)
+        elif self._sentence_list():
+            passages, sentences = self.separate_rankings(vector, k)
+            fused = reciprocal_rank_fusion([passages, sentences, self.bm25.search(question, k)], self.rrf_k,
+                                           [self.dense_weight, self.config.sentence_list_weight, 1.0])
         else:
             fused = reciprocal_rank_fusion([self._dense_ranking(vector, k), self.bm25.search(question, k)], self.rrf_k,
                                            [self.dense_weight, 1.0])

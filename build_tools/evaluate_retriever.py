@@ -28,6 +28,7 @@ KS = (1, 5, 20)
 RRF_KS = (1, 5, 10, 20, 30, 60, 100)
 DENSE_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 CONVEX_SHARES = (0.5, 0.6, 0.7, 0.8, 0.9)
+SENTENCE_LIST_WEIGHTS = (0.5, 0.75, 1.0)  # beside 0: sentences folded into the dense score
 
 
 @dataclass
@@ -64,10 +65,12 @@ class Ranked:
     shipped: list[list[int]] | None  # Retriever.search, one question at a time (the appliance's path)
     candidates: int  # per ranker, before fusion (retriever.candidates)
     scores: list[tuple[dict[int, float], dict[int, float]]] | None = None  # Retriever.candidate_scores, for convex
+    separate: list[tuple[list[int], list[int]]] | None = None  # Retriever.separate_rankings, with sentence vectors
 
     def subset(self, idx: list[int]) -> Ranked:
         pick = lambda rows: [rows[i] for i in idx] if rows is not None else None  # noqa: E731
-        return Ranked(pick(self.dense), pick(self.bm25), pick(self.shipped), self.candidates, pick(self.scores))
+        return Ranked(pick(self.dense), pick(self.bm25), pick(self.shipped), self.candidates, pick(self.scores),
+                      pick(self.separate))
 
 
 def squad_pool(data: Path, distractors: Sequence[Path] = (), limit: int = 0,
@@ -143,13 +146,17 @@ def rank(pool: Pool, encoder: SentenceEncoder, config: RetrieverConfig, shipped:
     depth = max(max(KS), config.candidates)
     dense_rank = retriever.dense_rankings(pool.questions, depth)
     bm25_rank = [bm25.search(q, depth) for q in pool.questions]
-    scores = [retriever.candidate_scores(encoder.encode([q]), q, config.candidates)
-              for q in tqdm(pool.questions, desc=f"{pool.name}: candidate scores", unit="q", leave=False)]
+    scores, separate = [], [] if sentences is not None else None
+    for q in tqdm(pool.questions, desc=f"{pool.name}: candidate scores", unit="q", leave=False):
+        vector = encoder.encode([q])
+        scores.append(retriever.candidate_scores(vector, q, config.candidates))
+        if separate is not None:
+            separate.append(retriever.separate_rankings(vector, depth))
     shipped_rank = None
     if shipped:
         shipped_rank = [[h.index for h in retriever.search(q, max(KS))]
                         for q in tqdm(pool.questions, desc=f"{pool.name}: shipped retriever", unit="q", leave=False)]
-    return Ranked(dense_rank, bm25_rank, shipped_rank, config.candidates, scores)
+    return Ranked(dense_rank, bm25_rank, shipped_rank, config.candidates, scores, separate)
 
 
 def recalls(rankings: list[list[int]], gold: Sequence[frozenset[int] | int]) -> dict[str, float]:
@@ -159,7 +166,8 @@ def recalls(rankings: list[list[int]], gold: Sequence[frozenset[int] | int]) -> 
     return {f"R@{k}": round(sum(bool(g.intersection(r[:k])) for r, g in zip(rankings, sets)) / n, 4) for k in KS}
 
 
-FUSION_KEYS = {"rrf": ("rrf_k", "dense_weight"), "convex": ("convex_dense_share",)}  # RetrieverConfig fields
+FUSION_KEYS = {"rrf": ("rrf_k", "dense_weight", "sentence_list_weight"),  # RetrieverConfig fields
+               "convex": ("convex_dense_share",)}
 
 
 def setting_of(entry: dict) -> dict:
@@ -173,8 +181,11 @@ def fusion_of(config: RetrieverConfig) -> dict:
 
 
 def fusion_settings(ranked: Ranked, shipped: RetrieverConfig | None = None) -> list[dict]:
-    """The grid: RRF constants × dense weights, and convex shares where the scores were kept."""
-    grid = [{"fusion": "rrf", "rrf_k": k, "dense_weight": w} for k in RRF_KS for w in DENSE_WEIGHTS]
+    """The grid: RRF constants × dense weights (× the sentence list's weights where the separate
+    rankings were kept), and convex shares where the scores were kept."""
+    lists = (0.0, *SENTENCE_LIST_WEIGHTS) if ranked.separate is not None else (0.0,)
+    grid = [{"fusion": "rrf", "rrf_k": k, "dense_weight": w, "sentence_list_weight": s}
+            for k in RRF_KS for w in DENSE_WEIGHTS for s in lists]
     if ranked.scores is not None:
         grid += [{"fusion": "convex", "convex_dense_share": a} for a in CONVEX_SHARES]
     if shipped is not None and fusion_of(shipped) not in grid:
@@ -189,9 +200,13 @@ def fuse(ranked: Ranked, setting: dict) -> list[list[int]]:
         if ranked.scores is None:
             raise ValueError("convex fusion needs the rankers' scores (rank() keeps them)")
         return [[p for p, _ in convex_fusion(d, b, setting["convex_dense_share"])] for d, b in ranked.scores]
-    c = ranked.candidates
-    return [[d for d, _ in reciprocal_rank_fusion([a[:c], b[:c]], setting["rrf_k"], [setting["dense_weight"], 1.0])]
-            for a, b in zip(ranked.dense, ranked.bm25)]
+    c, k, w, s = ranked.candidates, setting["rrf_k"], setting["dense_weight"], setting.get("sentence_list_weight", 0)
+    if s > 0:
+        if ranked.separate is None:
+            raise ValueError("a sentence list needs the separate rankings (rank() keeps them with sentence vectors)")
+        return [[d for d, _ in reciprocal_rank_fusion([p[:c], q[:c], b[:c]], k, [w, s, 1.0])]
+                for (p, q), b in zip(ranked.separate, ranked.bm25)]
+    return [[d for d, _ in reciprocal_rank_fusion([a[:c], b[:c]], k, [w, 1.0])] for a, b in zip(ranked.dense, ranked.bm25)]
 
 
 def fusion_grid(ranked: Ranked, gold) -> list[dict]:

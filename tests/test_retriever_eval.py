@@ -166,7 +166,8 @@ def test_the_fusion_figures_are_the_rankings_the_box_gives_question_by_question(
     ranked = rank(pool, encoder, config.retriever)
     fused = fuse(ranked, fusion_of(config.retriever))
     assert [row[:len(shipped)] for row, shipped in zip(fused, ranked.shipped)] == ranked.shipped
-    convex = replace(config.retriever, fusion="convex", convex_dense_share=0.7)  # the other fusion: the same holds
-    ranked = rank(pool, encoder, convex)
-    fused = fuse(ranked, fusion_of(convex))
-    assert [row[:len(shipped)] for row, shipped in zip(fused, ranked.shipped)] == ranked.shipped
+    for other in (replace(config.retriever, fusion="convex", convex_dense_share=0.7),  # the other fusions: the same
+                  replace(config.retriever, sentence_list_weight=0.75, dense_weight=0.75)):
+        ranked = rank(pool, encoder, other)
+        fused = fuse(ranked, fusion_of(other))
+        assert [row[:len(shipped)] for row, shipped in zip(fused, ranked.shipped)] == ranked.shipped
