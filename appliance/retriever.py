@@ -144,17 +144,27 @@ class Retriever:
     def separate_rankings(self, vector: np.ndarray, k: int) -> tuple[list[int], list[int]]:
         """The passage vectors' ranking alone, and the sentences' own: each passage at its best
         sentence's cosine less the count penalty, a passage of one sentence (no sentence vectors) at
-        its own cosine. Rank fusion takes them as two lists when ``sentence_list_weight`` > 0. The
-        sentence list's tail is approximate: a one-sentence passage just outside the passage search
-        is missed."""
+        its own cosine. Rank fusion takes them as two lists when ``sentence_list_weight`` > 0."""
         own, best_sentence = self._searches(vector, k)
-        units = self.sentences
         penalty = self.config.sentence_count_penalty
-        score = {p: s - penalty * float(units.log_counts[p]) for p, s in best_sentence.items()} if units is not None else {}
-        for passage, cosine in own.items():
-            if units is None or passage >= len(units.log_counts) or units.log_counts[passage] == 0:
-                score[passage] = cosine
+        score = {p: s - penalty * float(self.sentences.log_counts[p]) for p, s in best_sentence.items()}
+        singles, ids = self._single_sentence_passages
+        if ids.size:
+            cosines, rows = singles.search(vector, min(k, singles.ntotal))
+            score.update((int(ids[r]), float(c)) for c, r in zip(cosines[0], rows[0]) if r >= 0)
         return list(own), sorted(score, key=lambda p: (-score[p], p))[:k]
+
+    @cached_property
+    def _single_sentence_passages(self) -> tuple[faiss.Index, np.ndarray]:
+        """The passages without sentence vectors (one sentence: their vector is their sentence's),
+        searched on their own so the sentence list holds each of them at its cosine."""
+        counts = np.bincount(self.sentences.owner, minlength=self.dense.ntotal) if self.sentences is not None \
+            else np.zeros(self.dense.ntotal, dtype=np.int64)
+        ids = np.flatnonzero(counts == 0)
+        singles = faiss.IndexFlatIP(self.dense.d)
+        if ids.size:
+            singles.add(np.stack([self.dense.reconstruct(int(i)) for i in ids]))
+        return singles, ids
 
     def _sentence_list(self) -> bool:
         return self.sentences is not None and self.config.sentence_list_weight > 0
