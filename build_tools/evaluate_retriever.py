@@ -206,7 +206,8 @@ def fuse(ranked: Ranked, setting: dict) -> list[list[int]]:
             raise ValueError("a sentence list needs the separate rankings (rank() keeps them with sentence vectors)")
         return [[d for d, _ in reciprocal_rank_fusion([p[:c], q[:c], b[:c]], k, [w, s, 1.0])]
                 for (p, q), b in zip(ranked.separate, ranked.bm25)]
-    return [[d for d, _ in reciprocal_rank_fusion([a[:c], b[:c]], k, [w, 1.0])] for a, b in zip(ranked.dense, ranked.bm25)]
+    return [[d for d, _ in reciprocal_rank_fusion([a[:c], b[:c]], k, [w, 1.0])]
+            for a, b in zip(ranked.dense, ranked.bm25)]
 
 
 def fusion_grid(ranked: Ranked, gold) -> list[dict]:
