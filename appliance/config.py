@@ -39,13 +39,14 @@ class RetrieverConfig:
     candidates: int = 30  # per ranker, before fusion
     rrf_k: int = 1  # reciprocal-rank-fusion constant (Cormack et al.); 1 and the weight: tune-fusion
     mode: str = "hybrid"  # hybrid | dense | bm25
-    dense_weight: float = 1.0  # weight of the dense ranking against BM25's in the fusion
+    dense_weight: float = 0.75  # weight of the dense ranking (the passage vectors') against BM25's in the fusion
     fusion: str = "rrf"  # rrf (reciprocal rank) | convex (normalised scores, README)
     convex_dense_share: float = 0.7  # with fusion = convex: the dense score's share against BM25's
     sentence_vectors: bool = True  # a passage's dense score also counts its best sentence's (README)
     sentence_weight: float = 0.6  # the share of a passage's best sentence's lead over the passage that counts
     sentence_count_penalty: float = 0.05  # taken from that sentence's cosine per ln(sentences in the passage)
-    sentence_list_weight: float = 0.0  # > 0: RRF fuses the sentences' own ranking at this weight instead (README)
+    sentence_list_weight: float = 1.0  # > 0: RRF fuses the sentences' own ranking at this weight (README); 0 folds
+    # them into the dense score instead (sentence_weight)
     max_length: int = 256  # encoder tokens per passage
     threads: int = 2
 

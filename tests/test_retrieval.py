@@ -38,20 +38,26 @@ def test_unknown_mode_is_rejected(encoder, kb_index_dir):
         Retriever(encoder, index, RetrieverConfig(fusion="magic"))
 
 
-def test_a_retriever_runs_the_fusion_and_depth_of_its_config_section(encoder, kb_index_dir):
-    """The shipped RRF constant and dense weight are what it fuses with, and top_k is the section's unless asked."""
+def test_a_retriever_runs_the_fusion_and_depth_of_its_config_section(encoder, sentence_index):
+    """The shipped RRF constant and weights are what it fuses with (the passage vectors', the
+    sentences' and BM25's rankings), and top_k is the section's unless asked."""
     from appliance.retriever import reciprocal_rank_fusion
 
-    index = load_index(kb_index_dir)
+    index = load_index(sentence_index)
     shipped = RetrieverConfig()
     retriever = Retriever(encoder, index, shipped)
     question = "what does fault code E02 mean on the conveyor?"
     assert len(retriever.search(question)) == shipped.top_k
     assert len(Retriever(encoder, index, dataclasses.replace(shipped, top_k=2)).search(question)) == 2
-    dense = retriever.dense_rankings([question], shipped.candidates)[0]
+    passages, sentences = retriever.separate_rankings(encoder.encode([question]), shipped.candidates)
     lexical = index.bm25.search(question, shipped.candidates)
-    fused = reciprocal_rank_fusion([dense, lexical], shipped.rrf_k, [shipped.dense_weight, 1.0])
+    fused = reciprocal_rank_fusion([passages, sentences, lexical], shipped.rrf_k,
+                                   [shipped.dense_weight, shipped.sentence_list_weight, 1.0])
     assert [h.index for h in retriever.search(question, 5)] == [d for d, _ in fused[:5]]
+    folded = dataclasses.replace(shipped, sentence_list_weight=0.0)  # sentences folded into the dense ranking
+    dense = Retriever(encoder, index, folded).dense_rankings([question], shipped.candidates)[0]
+    fused = reciprocal_rank_fusion([dense, lexical], shipped.rrf_k, [shipped.dense_weight, 1.0])
+    assert [h.index for h in Retriever(encoder, index, folded).search(question, 5)] == [d for d, _ in fused[:5]]
 
 
 @pytest.fixture(scope="module")

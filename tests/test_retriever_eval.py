@@ -89,7 +89,7 @@ def _set(name: str, dense: list[list[int]], bm25: list[list[int]], gold: list[in
 
 
 def test_the_shipped_fusion_stays_unless_the_tune_data_beats_it_by_the_margin():
-    shipped = RetrieverConfig(rrf_k=60, dense_weight=2.0)
+    shipped = RetrieverConfig(rrf_k=60, dense_weight=2.0, sentence_list_weight=0.0)
     # BM25 is right and dense wrong: an even weight puts the right passage first, dense x2 does not
     tune = [_set("a", [[1, 0, 2, 3]] * 4, [[0, 2, 1, 3]] * 4, [0] * 4)]
     choice = choose(tune, shipped, margin=0.005)
