@@ -71,6 +71,28 @@ def sentence_index(tmp_path_factory, encoder):
     return where
 
 
+def brute_force(index, vector):
+    """Every passage's own cosine, its best sentence's cosine (-inf without sentence vectors) and
+    its number of sentence vectors: what the retriever's searches approximate."""
+    import numpy as np
+
+    units = index.sentences
+    passages = np.stack([index.dense.reconstruct(i) for i in range(index.dense.ntotal)])
+    sentences = np.stack([units.dense.reconstruct(i) for i in range(units.dense.ntotal)])
+    own = passages @ vector
+    best = np.full(len(passages), -np.inf, dtype=np.float32)
+    np.maximum.at(best, units.owner, sentences @ vector)
+    return own, best, np.bincount(units.owner, minlength=len(passages))
+
+
+def folded(own, best, counts, weight, penalty):
+    """own + weight · max(0, best sentence − penalty · ln(sentences) − own)."""
+    import numpy as np
+
+    lead = np.where(np.isfinite(best), best - penalty * np.log(np.maximum(counts, 1)) - own, 0.0)
+    return own + weight * np.maximum(0.0, lead)
+
+
 def test_a_passage_scores_the_best_of_its_own_vector_and_its_sentences(encoder, sentence_index, kb_questions):
     """The dense ranking equals a brute-force max over every passage vector and sentence vector."""
     import numpy as np
@@ -102,22 +124,13 @@ def test_a_sentence_of_a_long_passage_counts_less_by_the_count_penalty(encoder, 
     import numpy as np
 
     index = load_index(sentence_index)
-    units = index.sentences
-    passages = np.stack([index.dense.reconstruct(i) for i in range(index.dense.ntotal)])
-    sentences = np.stack([units.dense.reconstruct(i) for i in range(units.dense.ntotal)])
-    counts = np.bincount(units.owner, minlength=len(passages))
     penalised = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True, sentence_weight=0.6,
                                                           sentence_count_penalty=0.05))
     unpenalised = Retriever(encoder, index, RetrieverConfig(mode="dense", sentence_vectors=True, sentence_weight=0.6,
                                                             sentence_count_penalty=0.0))
     moved = 0
     for q in kb_questions[:20]:
-        vector = encoder.encode([q["question"]])[0]
-        own = passages @ vector
-        best = np.full(len(passages), -np.inf, dtype=np.float32)
-        np.maximum.at(best, units.owner, sentences @ vector)
-        best -= 0.05 * np.log(np.maximum(counts, 1))
-        score = own + 0.6 * np.maximum(0.0, np.where(np.isfinite(best), best - own, 0.0))
+        score = folded(*brute_force(index, encoder.encode([q["question"]])[0]), 0.6, 0.05)
         ranking = penalised.dense_rankings([q["question"]], 10)[0]
         np.testing.assert_allclose(score[ranking], np.sort(score)[::-1][:10], atol=1e-5)
         moved += ranking != unpenalised.dense_rankings([q["question"]], 10)[0]
@@ -130,20 +143,12 @@ def test_candidate_scores_give_both_rankers_scores_for_every_candidate(encoder, 
     import numpy as np
 
     index = load_index(sentence_index)
-    units = index.sentences
-    passages = np.stack([index.dense.reconstruct(i) for i in range(index.dense.ntotal)])
-    sentences = np.stack([units.dense.reconstruct(i) for i in range(units.dense.ntotal)])
-    counts = np.bincount(units.owner, minlength=len(passages))
     retriever = Retriever(encoder, index, RetrieverConfig(sentence_vectors=True, sentence_weight=0.6,
                                                           sentence_count_penalty=0.05))
     only_bm25 = 0
     for q in kb_questions[:20]:
         vector = encoder.encode([q["question"]])
-        own = passages @ vector[0]
-        best = np.full(len(passages), -np.inf, dtype=np.float32)
-        np.maximum.at(best, units.owner, sentences @ vector[0])
-        lead = np.where(np.isfinite(best), best - 0.05 * np.log(np.maximum(counts, 1)) - own, 0.0)
-        full = own + 0.6 * np.maximum(0.0, lead)
+        full = folded(*brute_force(index, vector[0]), 0.6, 0.05)
         dense, lexical = retriever.candidate_scores(vector, q["question"], 5)
         assert dense.keys() == lexical.keys() >= set(index.bm25.search(q["question"], 5))
         np.testing.assert_allclose([dense[p] for p in dense], full[list(dense)], atol=1e-5)
@@ -159,17 +164,11 @@ def test_the_sentences_own_ranking_puts_each_passage_at_its_best_penalised_sente
     import numpy as np
 
     index = load_index(sentence_index)
-    units = index.sentences
-    passages = np.stack([index.dense.reconstruct(i) for i in range(index.dense.ntotal)])
-    sentences = np.stack([units.dense.reconstruct(i) for i in range(units.dense.ntotal)])
-    counts = np.bincount(units.owner, minlength=len(passages))
     retriever = Retriever(encoder, index, RetrieverConfig(sentence_vectors=True, sentence_count_penalty=0.05,
                                                           sentence_list_weight=0.75))
     for q in kb_questions[:20]:
         vector = encoder.encode([q["question"]])
-        own = passages @ vector[0]
-        best = np.full(len(passages), -np.inf, dtype=np.float32)
-        np.maximum.at(best, units.owner, sentences @ vector[0])
+        own, best, counts = brute_force(index, vector[0])
         listed = np.where(counts > 1, best - 0.05 * np.log(np.maximum(counts, 1)), own)
         by_passage, by_sentence = retriever.separate_rankings(vector, 10)
         np.testing.assert_allclose(own[by_passage], np.sort(own)[::-1][:10], atol=1e-5)
