@@ -33,8 +33,14 @@ class SentenceVectors:
     owner: np.ndarray  # int64, the passage of each sentence vector
 
     @cached_property
+    def counts(self) -> np.ndarray:
+        """Sentence vectors per passage (0 for a passage of one sentence; passages after the last
+        one with sentence vectors are not listed)."""
+        return np.bincount(self.owner) if len(self.owner) else np.zeros(0, dtype=np.int64)
+
+    @cached_property
     def most_per_passage(self) -> int:
-        return int(np.bincount(self.owner).max()) if len(self.owner) else 0
+        return int(self.counts.max()) if len(self.counts) else 0
 
     def rows(self, passage: int) -> np.ndarray:
         """The sentence vectors of one passage (none for a passage of one sentence)."""
@@ -50,8 +56,7 @@ class SentenceVectors:
     def log_counts(self) -> np.ndarray:
         """ln(sentences) per passage: the best of n sentences beats its passage more often the larger n
         is, so a catch-all section of many short sentences wins questions by chance alone."""
-        counts = np.bincount(self.owner) if len(self.owner) else np.zeros(0, dtype=np.int64)
-        return np.log(np.maximum(counts, 1)).astype(np.float32)
+        return np.log(np.maximum(self.counts, 1)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -109,9 +114,9 @@ class Retriever:
         per batch, so a batch of questions would rank some passages differently from the box."""
         if not questions:
             return []
-        return [self._dense_ranking(self.encoder.encode([q]), k) for q in questions]
+        return [self.dense_ranking(self.encoder.encode([q]), k) for q in questions]
 
-    def _dense_ranking(self, vector: np.ndarray, k: int) -> list[int]:
+    def dense_ranking(self, vector: np.ndarray, k: int) -> list[int]:
         return list(self._dense_scores(vector, k))
 
     def _dense_scores(self, vector: np.ndarray, k: int) -> dict[int, float]:
@@ -158,8 +163,9 @@ class Retriever:
     def _single_sentence_passages(self) -> tuple[faiss.Index, np.ndarray]:
         """The passages without sentence vectors (one sentence: their vector is their sentence's),
         searched on their own so the sentence list holds each of them at its cosine."""
-        counts = np.bincount(self.sentences.owner, minlength=self.dense.ntotal) if self.sentences is not None \
-            else np.zeros(self.dense.ntotal, dtype=np.int64)
+        counts = np.zeros(self.dense.ntotal, dtype=np.int64)
+        if self.sentences is not None:
+            counts[: len(self.sentences.counts)] = self.sentences.counts
         ids = np.flatnonzero(counts == 0)
         singles = faiss.IndexFlatIP(self.dense.d)
         if ids.size:
@@ -200,7 +206,7 @@ class Retriever:
         if self.mode == "bm25":
             return self._with_cosines(vector, [(i, 0.0) for i in self.bm25.search(question, top_k)])
         if self.mode == "dense":
-            return self._with_cosines(vector, [(i, 0.0) for i in self._dense_ranking(vector, k)[:top_k]])
+            return self._with_cosines(vector, [(i, 0.0) for i in self.dense_ranking(vector, k)[:top_k]])
         if self.config.fusion == "convex":
             fused = convex_fusion(*self.candidate_scores(vector, question, k), self.config.convex_dense_share)
         elif self._sentence_list():
@@ -208,7 +214,7 @@ class Retriever:
             fused = reciprocal_rank_fusion([passages, sentences, self.bm25.search(question, k)], self.rrf_k,
                                            [self.dense_weight, self.config.sentence_list_weight, 1.0])
         else:
-            fused = reciprocal_rank_fusion([self._dense_ranking(vector, k), self.bm25.search(question, k)], self.rrf_k,
+            fused = reciprocal_rank_fusion([self.dense_ranking(vector, k), self.bm25.search(question, k)], self.rrf_k,
                                            [self.dense_weight, 1.0])
         return self._with_cosines(vector, fused[:top_k])
 

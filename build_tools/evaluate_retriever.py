@@ -144,11 +144,11 @@ def rank(pool: Pool, encoder: SentenceEncoder, config: RetrieverConfig, shipped:
     sentences = sentence_vectors(encoder, *pool.sentence_sources(), True) if config.sentence_vectors else None
     retriever = Retriever(encoder, SearchIndex(dense, bm25, sentences), config)
     depth = max(max(KS), config.candidates)
-    dense_rank = retriever.dense_rankings(pool.questions, depth)
     bm25_rank = [bm25.search(q, depth) for q in pool.questions]
-    scores, separate = [], [] if sentences is not None else None
-    for q in tqdm(pool.questions, desc=f"{pool.name}: candidate scores", unit="q", leave=False):
-        vector = encoder.encode([q])
+    dense_rank, scores, separate = [], [], [] if sentences is not None else None
+    for q in tqdm(pool.questions, desc=f"{pool.name}: dense rankings", unit="q", leave=False):
+        vector = encoder.encode([q])  # each question alone, as the box encodes it
+        dense_rank.append(retriever.dense_ranking(vector, depth))
         scores.append(retriever.candidate_scores(vector, q, config.candidates))
         if separate is not None:
             separate.append(retriever.separate_rankings(vector, depth))
