@@ -40,13 +40,14 @@ class RetrieverConfig:
     rrf_k: int = 1  # reciprocal-rank-fusion constant (Cormack et al.); 1 and the weight: tune-fusion
     mode: str = "hybrid"  # hybrid | dense | bm25
     dense_weight: float = 0.75  # weight of the dense ranking (the passage vectors') against BM25's in the fusion
-    fusion: str = "rrf"  # rrf (reciprocal rank) | convex (normalised scores, README)
+    fusion: str = "rrf"  # rrf (reciprocal rank) | convex (normalised scores, docs/RESULTS.md)
     convex_dense_share: float = 0.7  # with fusion = convex: the dense score's share against BM25's
-    sentence_vectors: bool = True  # a passage's dense score also counts its best sentence's (README)
+    sentence_vectors: bool = True  # a passage's dense score also counts its best sentence's (docs/RESULTS.md)
     sentence_weight: float = 0.6  # the share of a passage's best sentence's lead over the passage that counts
     sentence_count_penalty: float = 0.05  # taken from that sentence's cosine per ln(sentences in the passage)
-    sentence_list_weight: float = 1.0  # > 0: RRF fuses the sentences' own ranking at this weight (README); 0 folds
-    # them into the dense score instead (sentence_weight)
+    # > 0: RRF fuses the sentences' own ranking at this weight (docs/RESULTS.md); 0 folds them into the dense score
+    # instead (sentence_weight)
+    sentence_list_weight: float = 1.0
     max_length: int = 256  # encoder tokens per passage
     threads: int = 2
 
@@ -56,7 +57,7 @@ class ReaderConfig:
     max_length: int = 256  # tokens per question+passage window (the length it was trained on)
     stride: int = 96  # overlap between windows of one long passage
     max_answer_tokens: int = 30
-    threshold: float = 0.15  # below this confidence the box says "I don't know" (see README, Results)
+    threshold: float = 0.15  # below this confidence the box says "I don't know" (docs/RESULTS.md)
     rank_weight: float = 2.0  # passage choice: confidence / rank**rank_weight (0 = confidence alone)
     shared_norm: bool = False  # the model was trained with shared normalisation: one softmax over a question's passages
     read_headings: bool = True  # the reader reads each passage's "document > section" path before its text

@@ -131,7 +131,7 @@ class Answer:
     def spoken(self) -> str:
         """What the box says aloud: the answer and where it comes from, or an honest abstention.
         The evidence sentence (it holds the span) stands alone where a bare span may not ("500 mg"
-        of what?), and on the KB test questions it was right more often (README, Results); a long
+        of what?), and on the KB test questions it was right more often (docs/RESULTS.md); a long
         sentence gives way to the span."""
         if self.abstained or self.source is None:
             hint = f" The closest section I found is {self.source.citation}." if self.source else ""

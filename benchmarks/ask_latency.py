@@ -9,7 +9,7 @@ pipeline's own ``timings_ms`` plus the reader's tokenisation measured apart; CPU
 (every thread of the process, ``time.process_time``) is the energy proxy on a box without a power
 meter. ``--compare`` adds one
 int8 pipeline per TOML (named by its file stem), interleaved with the others question by question,
-so load from other processes hits every setting alike (how README's "Reading fewer tokens" is timed).
+so load from other processes hits every setting alike (how docs/RESULTS.md's "Reading fewer tokens" is timed).
 
 Needs the ``build`` extra (torch, transformers) for the PyTorch baseline; prints JSON.
 """

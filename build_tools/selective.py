@@ -137,6 +137,8 @@ def summary(records: list[Record], threshold: float) -> dict:
                                                 "evidence sentence": sum(r.sentence_right for r in given),
                                                 "span then sentence": sum(r.right or r.sentence_right for r in given),
                                                 "of": len(given)}
+    if any(len(r.labels) > 1 for r in answerable):  # every passage read: the ceiling of choosing among them
+        out["right_if_best_span_chosen"] = _share(sum(any(r.labels) for r in answerable), len(answerable))
     if any(r.top5 for r in answerable):
         out["retrieval_top1"] = _share(sum(r.top1 for r in answerable), len(answerable))
         out["retrieval_top5"] = _share(sum(r.top5 for r in answerable), len(answerable))

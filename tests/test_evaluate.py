@@ -64,6 +64,21 @@ def test_evaluate_kb_reports_retrieval_answers_and_abstention(kb_index_dir):
     assert report["right_if_always_answering"] >= 0.5  # the bread question is answered right
     assert report["sentence_right_if_always_answering"] >= report["right_if_always_answering"]
     assert 0 <= report["answerable_right"] <= report["right_if_always_answering"]
+    assert report["right_if_always_answering"] <= report["right_if_best_span_chosen"] <= 1.0
+
+
+def test_the_ceiling_counts_a_question_when_any_of_its_passages_has_a_right_span():
+    from build_tools.selective import Record, summary
+
+    records = [Record("a", "answerable", 0.9, False, labels=[0, 1, 0]),  # the wrong passage was chosen
+               Record("b", "answerable", 0.9, True, labels=[1, 0, 0]),
+               Record("c", "answerable", 0.1, False, labels=[0, 0, 0]),
+               Record("d", "off-topic", 0.1, False, labels=[0, 0, 0])]
+    report = summary(records, 0.5)
+    assert report["right_if_always_answering"] == 0.3333
+    assert report["right_if_best_span_chosen"] == 0.6667
+    single = summary([Record("s", "answerable", 0.9, True, labels=[1])], 0.5)
+    assert "right_if_best_span_chosen" not in single  # one candidate: nothing to choose among
 
 def test_a_copy_of_the_gold_passage_in_another_file_counts_as_the_gold_section():
     from appliance.schema import Passage

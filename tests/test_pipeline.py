@@ -27,7 +27,7 @@ def test_unrelated_question_is_an_honest_i_dont_know(pipeline):
 
 
 def test_kb_questions_end_to_end(pipeline, kb_questions):
-    """Bounds a little under what evaluate-kb measured for the shipped models (README, Results)."""
+    """Bounds a little under what evaluate-kb measured for the shipped models (docs/RESULTS.md)."""
     from build_tools.selective import is_right
 
     answers = [(pipeline.ask(q["question"]), q["answer"]) for q in kb_questions]

@@ -287,7 +287,7 @@ def test_vosk_model_directory_errors_are_clear(tmp_path):
         VoskRecognizer(tmp_path / "empty")
 
 
-REAL_CLIPS_WER_BOUND = 0.45  # measured 0.382 (stock pocketsphinx, 75 exact-transcript clips); see README
+REAL_CLIPS_WER_BOUND = 0.45  # measured 0.382 (stock pocketsphinx, 75 exact-transcript clips; docs/RESULTS.md, Voice)
 
 
 @pytest.mark.slow  # recognises 75 real clips

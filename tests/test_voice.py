@@ -65,7 +65,7 @@ def test_spoken_question_through_serve_input_gives_the_answer_and_an_answer_wav(
 
 
 def test_espeak_question_finds_the_right_section(tmp_path, espeak, pipeline):
-    """espeak-ng's formant voice is hard for pocketsphinx (see README, WER); retrieval still lands."""
+    """espeak-ng's formant voice is hard for pocketsphinx (docs/RESULTS.md, Voice); retrieval still lands."""
     wav = save(tmp_path / "q.wav", render(espeak, "Can I drink alcohol while taking metformin?"))
     turns, sink = run_loop(voice_config(), pipeline, wav, tmp_path / "out")
     assert len(turns) == 1 and "metformin" in turns[0].transcript

@@ -183,7 +183,7 @@ def test_whisper_word_error_rate_on_real_sentence_clips(whisper):
              if c.get("transcript_exact") and not c["file"].startswith("fsdd_digits/")]  # sentences, not digits
     assert len(clips) >= 15
     wer = word_error_rate([(ref, transcribe(whisper, audio).text) for ref, audio in clips])
-    assert wer <= 0.10  # measured 0.079 with the KB prompt (README, Results)
+    assert wer <= 0.10  # measured 0.079 with the KB prompt (docs/RESULTS.md, Voice)
 
 
 @needs_espeak
