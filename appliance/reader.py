@@ -73,11 +73,20 @@ class WindowSpan:
     partition: Partition
 
 
+def token_lines(window: Window, text: str) -> np.ndarray:
+    """The line of ``text`` (the context the window was cut from) each context token starts on."""
+    breaks = np.array([i for i, ch in enumerate(text) if ch == "\n"], dtype=np.int64)
+    starts = np.array([off[0] if off is not None else -1 for off in window.context_offsets], dtype=np.int64)
+    return np.searchsorted(breaks, starts, side="right")
+
+
 def best_span(start_logits: np.ndarray, end_logits: np.ndarray, window: Window,
-              max_answer_tokens: int, answer_from: int = 0) -> WindowSpan | None:
+              max_answer_tokens: int, answer_from: int = 0, lines: np.ndarray | None = None) -> WindowSpan | None:
     """The best span of one window with the scores abstention needs; None without context. Context
     tokens before character ``answer_from`` (a heading read before the passage) are read, never
-    answered from."""
+    answered from. With ``lines`` (``token_lines``) a span stays on one line: in a passage a line
+    break separates list items and table rows, and "6.25 mg\nPhenylephrine HCl 2.5" (the end of
+    one row and the start of the next, read from a drug label) answers nothing."""
     n = len(window)
     context = np.array([off is not None and off[0] >= answer_from for off in window.context_offsets])
     allowed = context.copy()
@@ -89,6 +98,8 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, window: Window,
     scores = log_s[:, None] + log_e[None, :]
     i, j = np.indices(scores.shape)
     valid = (j >= i) & (j - i < max_answer_tokens) & context[:, None] & context[None, :]
+    if lines is not None:
+        valid &= lines[:n, None] == lines[None, :n]
     if not valid.any():
         return None
     scores = np.where(valid, scores, -np.inf)
@@ -151,6 +162,7 @@ class Reader:
         in front of its context ("heading. context") but never answered from; offsets stay the
         context's."""
         prefixes, per_pair = self.windows(pairs, headings)
+        read = [prefix + context for prefix, (_, context) in zip(prefixes, pairs)]
         windows = [(p, w) for p, ws in enumerate(per_pair) for w in ws]
         best: list[SpanPrediction | None] = [None] * len(pairs)
         partitions: list[Partition | None] = [None] * len(pairs)
@@ -160,7 +172,8 @@ class Reader:
             starts, ends = self._run([w for _, w in batch])
             for (pair, window), s_logits, e_logits in zip(batch, starts, ends):
                 skip = len(prefixes[pair])
-                found = best_span(s_logits, e_logits, window, self.max_answer_tokens, skip)
+                lines = token_lines(window, read[pair]) if "\n" in read[pair] else None
+                found = best_span(s_logits, e_logits, window, self.max_answer_tokens, skip, lines)
                 if found is None:
                     continue
                 known = partitions[pair]

@@ -49,3 +49,23 @@ def test_a_heading_is_read_but_never_answered_from(reader):
     assert reader.predict([(question, "")], headings=["Quick program: 30 minutes"]) == [None]
     with pytest.raises(ValueError, match="1 headings for 2 passages"):
         reader.predict([(question, DISHWASHER), (question, OVEN)], headings=["Dishwasher"])
+
+
+def test_a_span_never_crosses_a_line_break_of_a_list(reader):
+    """Drug labels and manuals list items one per line; a span across two items answers nothing."""
+    from appliance.reader import best_span, token_lines
+
+    label = ("Active ingredients (in each 5 mL)\nDiphenhydramine HCl 6.25 mg\nPhenylephrine HCl 2.5 mg\n"
+             "Purposes\nAntihistamine/cough suppressant\nNasal decongestant")
+    questions = ["how much diphenhydramine is in it?", "what is phenylephrine for?", "what are the purposes?"]
+    crossing_without_the_rule = 0
+    for question, pred in zip(questions, reader.predict([(q, label) for q in questions])):
+        assert pred is not None and pred.text and "\n" not in pred.text
+        assert label[pred.start : pred.end] == pred.text
+        [[window]] = reader.windows([(question, label)])[1]
+        starts, ends = reader._run([window])
+        free = best_span(starts[0], ends[0], window, reader.max_answer_tokens)
+        kept = best_span(starts[0], ends[0], window, reader.max_answer_tokens, lines=token_lines(window, label))
+        crossing_without_the_rule += "\n" in label[window.context_offsets[free.start][0] : window.context_offsets[free.end][1]]
+        assert label[window.context_offsets[kept.start][0] : window.context_offsets[kept.end][1]] == pred.text
+    assert crossing_without_the_rule >= 2  # the model alone does straddle items here
