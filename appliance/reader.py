@@ -73,9 +73,13 @@ class WindowSpan:
     partition: Partition
 
 
-def token_lines(window: Window, text: str) -> np.ndarray:
-    """The line of ``text`` (the context the window was cut from) each context token starts on."""
-    breaks = np.array([i for i, ch in enumerate(text) if ch == "\n"], dtype=np.int64)
+def line_breaks(text: str) -> np.ndarray:
+    """Character positions of the line breaks in ``text``."""
+    return np.array([i for i, ch in enumerate(text) if ch == "\n"], dtype=np.int64)
+
+
+def token_lines(window: Window, breaks: np.ndarray) -> np.ndarray:
+    """The line of the context the window was cut from (``line_breaks`` of it) each token starts on."""
     starts = np.array([off[0] if off is not None else -1 for off in window.context_offsets], dtype=np.int64)
     return np.searchsorted(breaks, starts, side="right")
 
@@ -162,7 +166,7 @@ class Reader:
         in front of its context ("heading. context") but never answered from; offsets stay the
         context's."""
         prefixes, per_pair = self.windows(pairs, headings)
-        read = [prefix + context for prefix, (_, context) in zip(prefixes, pairs)]
+        breaks = [line_breaks(prefix + context) for prefix, (_, context) in zip(prefixes, pairs)]
         windows = [(p, w) for p, ws in enumerate(per_pair) for w in ws]
         best: list[SpanPrediction | None] = [None] * len(pairs)
         partitions: list[Partition | None] = [None] * len(pairs)
@@ -172,7 +176,7 @@ class Reader:
             starts, ends = self._run([w for _, w in batch])
             for (pair, window), s_logits, e_logits in zip(batch, starts, ends):
                 skip = len(prefixes[pair])
-                lines = token_lines(window, read[pair]) if "\n" in read[pair] else None
+                lines = token_lines(window, breaks[pair]) if len(breaks[pair]) else None
                 found = best_span(s_logits, e_logits, window, self.max_answer_tokens, skip, lines)
                 if found is None:
                     continue
