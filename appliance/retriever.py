@@ -150,14 +150,35 @@ class Retriever:
         """The passage vectors' ranking alone, and the sentences' own: each passage at its best
         sentence's cosine less the count penalty, a passage of one sentence (no sentence vectors) at
         its own cosine. Rank fusion takes them as two lists when ``sentence_list_weight`` > 0."""
-        own, best_sentence = self._searches(vector, k)
-        penalty = self.config.sentence_count_penalty
-        score = {p: s - penalty * float(self.sentences.log_counts[p]) for p, s in best_sentence.items()}
+        own, _ = self._searches(vector, k)
+        score = self._penalised_sentences(vector, k)
         singles, ids = self._single_sentence_passages
         if ids.size:
             cosines, rows = singles.search(vector, min(k, singles.ntotal))
             score.update((int(ids[r]), float(c)) for c, r in zip(cosines[0], rows[0]) if r >= 0)
         return list(own), sorted(score, key=lambda p: (-score[p], p))[:k]
+
+    def _penalised_sentences(self, vector: np.ndarray, k: int) -> dict[int, float]:
+        """Each passage of several sentences at its best sentence's cosine less the count penalty,
+        for at least the ``k`` best of them. The nearest sentences are searched deeper until no
+        passage left out could score above the ``k``-th: its best sentence is no nearer than the last
+        one found, and its penalty is at least that of two sentences."""
+        units, penalty = self.sentences, self.config.sentence_count_penalty
+        if units is None or units.dense.ntotal == 0:
+            return {}
+        depth = min(k * units.most_per_passage, units.dense.ntotal)
+        while True:
+            cosines, rows = units.dense.search(vector, depth)
+            best: dict[int, float] = {}
+            for cosine, row in zip(cosines[0], rows[0]):
+                if row >= 0:
+                    passage = int(units.owner[row])
+                    best[passage] = max(best.get(passage, -2.0), float(cosine))
+            score = {p: c - penalty * float(units.log_counts[p]) for p, c in best.items()}
+            kth = sorted(score.values(), reverse=True)[k - 1] if len(score) >= k else -np.inf
+            if depth >= units.dense.ntotal or kth > float(cosines[0][-1]) - penalty * np.log(2):
+                return score
+            depth = min(2 * depth, units.dense.ntotal)
 
     @cached_property
     def _single_sentence_passages(self) -> tuple[faiss.Index, np.ndarray]:

@@ -170,6 +170,32 @@ def test_the_sentences_own_ranking_puts_each_passage_at_its_best_penalised_sente
         vector = encoder.encode([q["question"]])
         own, best, counts = brute_force(index, vector[0])
         listed = np.where(counts > 1, best - 0.05 * np.log(np.maximum(counts, 1)), own)
-        by_passage, by_sentence = retriever.separate_rankings(vector, 10)
-        np.testing.assert_allclose(own[by_passage], np.sort(own)[::-1][:10], atol=1e-5)
-        np.testing.assert_allclose(listed[by_sentence], np.sort(listed)[::-1][:10], atol=1e-5)
+        for depth in (1, 10, 30):  # 30: the shipped candidates; 1: the shallowest first search
+            by_passage, by_sentence = retriever.separate_rankings(vector, depth)
+            np.testing.assert_allclose(own[by_passage], np.sort(own)[::-1][:depth], atol=1e-5)
+            np.testing.assert_allclose(listed[by_sentence], np.sort(listed)[::-1][:depth], atol=1e-5)
+
+
+def test_the_sentences_own_ranking_searches_deeper_when_a_passage_left_out_could_still_win():
+    """The first sentence search returns only one catch-all passage's sentences; a passage of two
+    sentences just beyond them pays a smaller penalty and must still come first."""
+    import faiss
+    import numpy as np
+
+    from appliance.retriever import SearchIndex, SentenceVectors
+
+    def unit(cosine: float) -> list[float]:  # a vector at this cosine to the question (1, 0)
+        return [cosine, float(np.sqrt(1 - cosine**2))]
+
+    def flat(rows: list[list[float]]) -> faiss.Index:
+        index = faiss.IndexFlatIP(2)
+        index.add(np.array(rows, dtype=np.float32))
+        return index
+
+    catch_all, two_sentences = [unit(0.9)] * 10, [unit(0.85), unit(0.1)]  # 0.9 - 0.05 ln 10 < 0.85 - 0.05 ln 2
+    sentences = SentenceVectors(flat(catch_all + two_sentences), np.array([0] * 10 + [1, 1], dtype=np.int64))
+    index = SearchIndex(flat([unit(0.5), unit(0.4), unit(0.3)]), None, sentences)  # passage 2: one sentence
+    retriever = Retriever(None, index, RetrieverConfig(sentence_vectors=True, sentence_count_penalty=0.05))
+    question = np.array([[1.0, 0.0]], dtype=np.float32)
+    assert retriever.separate_rankings(question, 1) == ([0], [1])
+    assert retriever.separate_rankings(question, 3) == ([0, 1, 2], [1, 0, 2])
