@@ -132,50 +132,21 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, ingest:
     started = time.time()
     ingest = ingest or IngestConfig()
     summary = IndexSummary()
-    if not kb_dir.is_dir():
-        raise IndexMissingError(f"knowledge-base directory not found: {kb_dir}")
-    passages = collect_passages(kb_dir, ingest, summary)
-    for warning in summary.skipped:
-        log.warning("skipped %s", warning)
-    if not passages:
-        raise IndexMissingError(f"no readable documents in {kb_dir}; nothing indexed (index left as it was)")
-
+    passages = _passages_to_index(kb_dir, ingest, summary)
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"
-    tmp = index_dir / f".tmp-{stamp}"
+    tmp = _staging_dir(index_dir, stamp)
     try:
-        index_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_builds(index_dir)
-        tmp.mkdir()
-    except OSError as exc:
-        raise _storage_error(index_dir, exc) from None
-    try:
-        search_texts = [p.search_text() for p in passages]
-        vectors = encode_passages(encoder, search_texts, progress)
-        dense = faiss.IndexFlatIP(vectors.shape[1])
-        dense.add(vectors)
-        _write_faiss(dense, tmp / "dense.faiss")
-        records = {}
-        if sentences:
-            units = sentence_vectors(encoder, [p.text for p in passages], [p.citation for p in passages], progress)
-            _write_faiss(units.dense, tmp / "sentences.faiss")
-            np.save(tmp / "sentences.npy", units.owner)
-            records["sentence_vectors"] = len(units.owner)
-        BM25.build(search_texts).save(tmp / "bm25.json")
-        with open(tmp / "passages.jsonl", "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in passages)
+        records = _write_search_files(tmp, passages, encoder, sentences, progress)
         records |= {name: step(passages, tmp) for name, step in (steps or {}).items()}
         manifest = {
             **records, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kb": str(kb_dir.resolve()),
             "documents": summary.documents, "passages": len(passages), "skipped": len(summary.skipped),
             "encoder_sha256": encoder.sha256, "passages_version": PASSAGES_VERSION,
-            "bm25_tokens": TOKENS_VERSION, "dim": int(vectors.shape[1]),
-            "max_passage_words": ingest.max_passage_words, "build_seconds": round(time.time() - started, 2),
+            "bm25_tokens": TOKENS_VERSION, "max_passage_words": ingest.max_passage_words,
+            "build_seconds": round(time.time() - started, 2),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        _fsync_dir_files(tmp)
-        final = index_dir / f"v-{stamp}"
-        os.rename(tmp, final)
-        _swap_current(index_dir, final.name)
+        _commit_version(tmp, index_dir, stamp)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _storage_error(index_dir, exc) from None
@@ -185,6 +156,61 @@ def build_index(kb_dir: Path, index_dir: Path, encoder: SentenceEncoder, ingest:
     _remove_old_versions(index_dir)
     summary.passages, summary.seconds, summary.path = len(passages), round(time.time() - started, 2), str(index_dir)
     return summary
+
+
+def _passages_to_index(kb_dir: Path, ingest: IngestConfig, summary: IndexSummary) -> list[Passage]:
+    """The KB's passages, each skipped file logged; an error before anything is written when none
+    can be read, so the index in use stays."""
+    if not kb_dir.is_dir():
+        raise IndexMissingError(f"knowledge-base directory not found: {kb_dir}")
+    passages = collect_passages(kb_dir, ingest, summary)
+    for warning in summary.skipped:
+        log.warning("skipped %s", warning)
+    if not passages:
+        raise IndexMissingError(f"no readable documents in {kb_dir}; nothing indexed (index left as it was)")
+    return passages
+
+
+def _staging_dir(index_dir: Path, stamp: str) -> Path:
+    """A fresh folder for the new version beside the others (left-overs of killed builds removed)."""
+    tmp = index_dir / f".tmp-{stamp}"
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(index_dir)
+        tmp.mkdir()
+    except OSError as exc:
+        raise _storage_error(index_dir, exc) from None
+    return tmp
+
+
+def _write_search_files(tmp: Path, passages: list[Passage], encoder: SentenceEncoder, sentences: bool,
+                        progress: bool) -> dict:
+    """Passage vectors (and sentence vectors when asked), BM25 and the passages themselves; what the
+    manifest records of them."""
+    search_texts = [p.search_text() for p in passages]
+    vectors = encode_passages(encoder, search_texts, progress)
+    dense = faiss.IndexFlatIP(vectors.shape[1])
+    dense.add(vectors)
+    _write_faiss(dense, tmp / "dense.faiss")
+    records: dict = {"dim": int(vectors.shape[1])}
+    if sentences:
+        units = sentence_vectors(encoder, [p.text for p in passages], [p.citation for p in passages], progress)
+        _write_faiss(units.dense, tmp / "sentences.faiss")
+        np.save(tmp / "sentences.npy", units.owner)
+        records["sentence_vectors"] = len(units.owner)
+    BM25.build(search_texts).save(tmp / "bm25.json")
+    with open(tmp / "passages.jsonl", "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in passages)
+    return records
+
+
+def _commit_version(tmp: Path, index_dir: Path, stamp: str) -> None:
+    """Everything on disk first, then one rename and one symlink swap: a reader of the index sees
+    the old version or the new one, never a part of either."""
+    _fsync_dir_files(tmp)
+    final = index_dir / f"v-{stamp}"
+    os.rename(tmp, final)
+    _swap_current(index_dir, final.name)
 
 
 def _storage_error(index_dir: Path, exc: OSError) -> StorageError:
