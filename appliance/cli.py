@@ -67,7 +67,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         data["timings_ms"]["load"] = round(load_ms, 1)
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
-    if answer.abstained:
+    if answer.unknown_codes:
+        print(f"I don't know: the documents never mention {' or '.join(answer.unknown_codes)}.")
+    elif answer.abstained:
         print("I don't know.")
         if answer.source:
             print(f"Closest section: {answer.source.citation}")

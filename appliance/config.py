@@ -68,6 +68,8 @@ class ReaderConfig:
 class AskConfig:
     max_question_chars: int = 500
     max_question_tokens: int = 100  # longer questions are refused (must leave room for a passage window)
+    # a question naming a code or model number (E10, ML-1440) that no passage mentions gets "I don't know"
+    unknown_codes_abstain: bool = True
 
 
 @dataclass

@@ -6,6 +6,7 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from appliance.calibrator import Calibrator, candidate_features
 from appliance.config import AskConfig, ReaderConfig
@@ -44,6 +45,20 @@ def evidence_sentence(passage: str, start: int, end: int) -> str:
     return " ".join(chosen) or passage[start:end]
 
 
+_CODE = re.compile(r"\b[a-z]{1,4}-?\d{1,5}[a-z]?\b", re.IGNORECASE)  # E10, F3, ML-1440, BC-300, A1C
+_CODE_IN_TEXT = re.compile(r"\b[a-z]{1,4}[- ]?\d{1,5}[a-z]?\b", re.IGNORECASE)  # also "E 10" as a manual may write it
+
+
+def code_key(code: str) -> str:
+    """One spelling for a code: "ML-1440", "ml 1440" and "ML1440" are the same model."""
+    return re.sub(r"[- ]", "", code.lower())
+
+
+def named_codes(question: str) -> list[str]:
+    """The codes and model numbers a question names: letters, then digits ("what does E10 mean?")."""
+    return _CODE.findall(question)
+
+
 def text_key(text: str) -> str:
     """What two copies of one passage share: labels are often shipped twice (an original and a
     repackager's copy), and manuals repeat their disclaimers, with only case, spacing or a hyphen
@@ -78,6 +93,7 @@ class Reading:
     probabilities: list[float]  # P(right) of each passage's best span (-1: no span)
     timings_ms: dict[str, float]
     choice_scores: list[float]  # which passage to answer from (-1: no span); see choice_score
+    unknown_codes: tuple[str, ...] = ()  # named by the question, mentioned by no passage: nothing was read
 
     def best(self) -> int | None:
         """Index of the passage whose span the box answers with."""
@@ -108,6 +124,20 @@ class QAPipeline:
         top_k = top_k or self.retriever.config.top_k
         ranked = self.retriever.search(question, max(top_k, self.retriever.candidates))
         return distinct_hits(ranked, self.index.passages, top_k)
+
+    @cached_property
+    def known_codes(self) -> frozenset[str]:
+        """Every code and model number the passages or their headings mention (``code_key``)."""
+        return frozenset(code_key(code) for p in self.index.passages for text in (p.text, p.citation)
+                         for code in _CODE_IN_TEXT.findall(text))
+
+    def unknown_codes(self, question: str) -> tuple[str, ...]:
+        """The codes the question names that no passage mentions (``ask.unknown_codes_abstain``): the
+        documents cannot say what "E10" means when they never name it, and a confident reading of the
+        error-code table would answer with another code's meaning."""
+        if not self.limits.unknown_codes_abstain:
+            return ()
+        return tuple(dict.fromkeys(c for c in named_codes(question) if code_key(c) not in self.known_codes))
 
     def scores_are_bounded_by_rank(self) -> bool:
         """Without a calibrator (or shared normalisation) the answer's probability is its choice
@@ -164,7 +194,8 @@ class QAPipeline:
         hits = self.retrieve(question, top_k)
         t1 = time.perf_counter()
         passages = [self.index.passages[h.index] for h in hits]
-        predictions = self.read_passages(question, passages, every_passage)
+        unknown = self.unknown_codes(question)
+        predictions = [None] * len(passages) if unknown else self.read_passages(question, passages, every_passage)
         if self.reader.shared_norm:
             predictions = shared_confidences(predictions)
         t2 = time.perf_counter()
@@ -177,7 +208,7 @@ class QAPipeline:
         weight = self.decision.rank_weight
         choices = [choice_score(p.confidence, rank, weight) if p else -1.0 for rank, p in enumerate(predictions)]
         return Reading(question, hits, passages, predictions, features, self._probabilities(choices, features),
-                       timings, choices)
+                       timings, choices, unknown)
 
     def _probabilities(self, choices: list[float], features: list[dict[str, float] | None]) -> list[float]:
         if self.calibrator is None:  # the choice score stands in for a probability
@@ -206,7 +237,7 @@ class QAPipeline:
         chosen = reading.best()
         if chosen is None:
             return Answer(question, "", 0.0, True, candidates[0] if candidates else None, "", "", 0, 0,
-                          timings, candidates)
+                          timings, candidates, list(reading.unknown_codes))
         pred, passage = reading.predictions[chosen], reading.passages[chosen]
         probability = reading.probabilities[chosen]
         abstained = probability < self.decision.threshold

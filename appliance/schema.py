@@ -104,6 +104,7 @@ class Answer:
     end: int
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
     candidates: list[Source] = field(default_factory=list)  # the passages the reader looked at
+    unknown_codes: list[str] = field(default_factory=list)  # codes the question names that no passage mentions
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -126,6 +127,7 @@ class Answer:
             abstained=bool(data["abstained"]), source=source(data.get("source")), evidence=data["evidence"],
             passage=data["passage"], start=int(data["start"]), end=int(data["end"]),
             timings_ms=dict(data.get("timings_ms", {})), candidates=[source(c) for c in data.get("candidates", [])],
+            unknown_codes=[str(c) for c in data.get("unknown_codes", [])],
         )
 
     def spoken(self) -> str:
@@ -133,6 +135,8 @@ class Answer:
         The evidence sentence (it holds the span) stands alone where a bare span may not ("500 mg"
         of what?), and on the KB test questions it was right more often (docs/RESULTS.md); a long
         sentence gives way to the span."""
+        if self.unknown_codes:
+            return f"I don't know: the documents never mention {' or '.join(self.unknown_codes)}."
         if self.abstained or self.source is None:
             hint = f" The closest section I found is {self.source.citation}." if self.source else ""
             return f"I don't know.{hint}"

@@ -189,8 +189,9 @@ class AnswerCard(VerticalScroll):
             reading = Text("Passages to read instead:\n", style="bold")
             for source in answer.candidates:
                 reading.append(f"  • {source.citation}\n")
-            self._set("No answer: I don't know. The knowledge base does not say this clearly enough.",
-                      "abstained", reading, "", timings, answer.confidence)
+            why = (f"the knowledge base never mentions {' or '.join(answer.unknown_codes)}" if answer.unknown_codes
+                   else "the knowledge base does not say this clearly enough")
+            self._set(f"No answer: I don't know: {why}.", "abstained", reading, "", timings, answer.confidence)
             return
         source = Text.assemble(("Source: ", "bold"), answer.source.citation)
         self._set(answer.text, "", source, highlighted_passage(answer), timings, answer.confidence)

@@ -26,6 +26,8 @@ from appliance.schema import (
 ANSWER = Answer("how long?", "20 minutes", 0.8, False, Source("Oven", "oven.md", ("Baking", "Preheating")),
                 "Preheat for 20 minutes.", "Preheat for 20 minutes.", 12, 22, {"reader": 3.0},
                 [Source("Oven", "oven.md", ("Baking", "Preheating"))])
+UNKNOWN_CODE = Answer("what is F10?", "", 0.0, True, Source("Oven", "oven.md", ("Fault codes",)), "", "", 0, 0,
+                      {"reader": 0.1}, [Source("Oven", "oven.md", ("Fault codes",))], ["F10"])
 
 
 def test_events_keep_their_wire_form():
@@ -59,6 +61,8 @@ def test_requests_and_errors():
 
 def test_answer_and_outline_round_trip():
     assert Answer.from_json(json.loads(json.dumps(ANSWER.to_json()))) == ANSWER
+    assert Answer.from_json(json.loads(json.dumps(UNKNOWN_CODE.to_json()))) == UNKNOWN_CODE
+    assert UNKNOWN_CODE.spoken() == "I don't know: the documents never mention F10."
     passages = [Passage("Oven", "oven.md", ("Baking",), "a"), Passage("Oven", "oven.md", ("Baking",), "b"),
                 Passage("Lathe", "lathe.md", (), "c")]
     outline = kb_outline(passages)
