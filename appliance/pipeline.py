@@ -46,11 +46,10 @@ def evidence_sentence(passage: str, start: int, end: int) -> str:
 
 
 _CODE = re.compile(r"\b[a-z]{1,4}-?\d{1,5}[a-z]?\b", re.IGNORECASE)  # E10, F3, ML-1440, BC-300, A1C
-_CODE_IN_TEXT = re.compile(r"\b[a-z]{1,4}[- ]?\d{1,5}[a-z]?\b", re.IGNORECASE)  # also "E 10" as a manual may write it
 
 
 def code_key(code: str) -> str:
-    """One spelling for a code: "ML-1440", "ml 1440" and "ML1440" are the same model."""
+    """One spelling for a code: "ML-1440" and "ml1440" are the same model."""
     return re.sub(r"[- ]", "", code.lower())
 
 
@@ -127,9 +126,11 @@ class QAPipeline:
 
     @cached_property
     def known_codes(self) -> frozenset[str]:
-        """Every code and model number the passages or their headings mention (``code_key``)."""
-        return frozenset(code_key(code) for p in self.index.passages for text in (p.text, p.citation)
-                         for code in _CODE_IN_TEXT.findall(text))
+        """Every code and model number the passages or their headings mention (``code_key``), with
+        its endings: the guide's "HbA1c" is the "A1C" people ask about."""
+        keys = {code_key(code) for p in self.index.passages for text in (p.text, p.citation)
+                for code in _CODE.findall(text)}
+        return frozenset(key[i:] for key in keys for i in range(len(key) - 1))
 
     def unknown_codes(self, question: str) -> tuple[str, ...]:
         """The codes the question names that no passage mentions (``ask.unknown_codes_abstain``): the
