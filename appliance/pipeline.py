@@ -49,9 +49,9 @@ _CODE = re.compile(r"\b[a-z]{1,4}-?\d{1,5}[a-z]?\b", re.IGNORECASE)  # E10, F3, 
 
 
 def code_key(code: str) -> str:
-    """One spelling for a code: "ML-1440" and "ml1440" are the same model, "F03" and "F3" the same
-    fault."""
-    return re.sub(r"(?<=[a-z])0+(?=\d)", "", code.lower().replace("-", ""))
+    """One spelling for a code: "ML-1440" and "ml1440" are the same model. Leading zeros count: the
+    conveyor's E09 is not the dishwasher's E9."""
+    return code.lower().replace("-", "")
 
 
 def named_codes(question: str) -> list[str]:

@@ -69,7 +69,7 @@ def test_codes_are_letters_then_digits_in_any_spelling():
     assert named_codes("is F3 or ML-1440 or a1c or bc-300 in it?") == ["F3", "ML-1440", "a1c", "bc-300"]
     assert named_codes("take 200mg on the 3rd day at 10am, 2 hours apart") == []  # units and ordinals: digits first
     assert code_key("ML-1440") == code_key("ml1440") == code_key("ML1440")
-    assert code_key("F03") == code_key("F3") != code_key("F30")
+    assert code_key("E09") != code_key("E9")  # two manuals, two codes
 
 
 def test_answer_json_round_trip(pipeline):
