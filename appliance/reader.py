@@ -12,6 +12,8 @@ chosen by their raw logits and their confidence is normalised over every window 
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -75,7 +77,7 @@ class WindowSpan:
 
 def line_breaks(text: str) -> np.ndarray:
     """Character positions of the line breaks in ``text``."""
-    return np.array([i for i, ch in enumerate(text) if ch == "\n"], dtype=np.int64)
+    return np.array([m.start() for m in re.finditer("\n", text)], dtype=np.int64)
 
 
 def token_lines(window: Window, breaks: np.ndarray) -> np.ndarray:

@@ -133,24 +133,32 @@ class Retriever:
     def _searches(self, vector: np.ndarray, k: int) -> tuple[dict[int, float], dict[int, float]]:
         """The cosines of the ``k`` nearest passages (best first), and the best cosine among the
         nearest sentences of each passage they belong to (none without sentence vectors)."""
-        scores, ids = self.dense.search(vector, min(k, self.dense.ntotal))
-        own = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
-        best_sentence: dict[int, float] = {}
         units = self.sentences
         if units is None or units.dense.ntotal == 0:
-            return own, best_sentence
-        scores, ids = units.dense.search(vector, min(k * units.most_per_passage, units.dense.ntotal))
-        for s, i in zip(scores[0], ids[0]):
-            if i >= 0:
-                passage = int(units.owner[i])
-                best_sentence[passage] = max(best_sentence.get(passage, -2.0), float(s))
-        return own, best_sentence
+            return self._nearest_passages(vector, k), {}
+        depth = min(k * units.most_per_passage, units.dense.ntotal)
+        return self._nearest_passages(vector, k), self._best_sentences(vector, depth)[0]
+
+    def _nearest_passages(self, vector: np.ndarray, k: int) -> dict[int, float]:
+        scores, ids = self.dense.search(vector, min(k, self.dense.ntotal))
+        return {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
+
+    def _best_sentences(self, vector: np.ndarray, depth: int) -> tuple[dict[int, float], float]:
+        """The best cosine of each passage among the ``depth`` nearest sentences, and the cosine of
+        the last of them (no passage left out has a sentence nearer than that)."""
+        cosines, rows = self.sentences.dense.search(vector, depth)
+        best: dict[int, float] = {}
+        for cosine, row in zip(cosines[0], rows[0]):
+            if row >= 0:
+                passage = int(self.sentences.owner[row])
+                best[passage] = max(best.get(passage, -2.0), float(cosine))
+        return best, float(cosines[0][-1])
 
     def separate_rankings(self, vector: np.ndarray, k: int) -> tuple[list[int], list[int]]:
         """The passage vectors' ranking alone, and the sentences' own: each passage at its best
         sentence's cosine less the count penalty, a passage of one sentence (no sentence vectors) at
         its own cosine. Rank fusion takes them as two lists when ``sentence_list_weight`` > 0."""
-        own, _ = self._searches(vector, k)
+        own = self._nearest_passages(vector, k)
         score = self._penalised_sentences(vector, k)
         singles, ids = self._single_sentence_passages
         if ids.size:
@@ -168,15 +176,10 @@ class Retriever:
             return {}
         depth = min(k * units.most_per_passage, units.dense.ntotal)
         while True:
-            cosines, rows = units.dense.search(vector, depth)
-            best: dict[int, float] = {}
-            for cosine, row in zip(cosines[0], rows[0]):
-                if row >= 0:
-                    passage = int(units.owner[row])
-                    best[passage] = max(best.get(passage, -2.0), float(cosine))
+            best, last = self._best_sentences(vector, depth)
             score = {p: c - penalty * float(units.log_counts[p]) for p, c in best.items()}
             kth = sorted(score.values(), reverse=True)[k - 1] if len(score) >= k else -np.inf
-            if depth >= units.dense.ntotal or kth > float(cosines[0][-1]) - penalty * np.log(2):
+            if depth >= units.dense.ntotal or kth > last - penalty * np.log(2):
                 return score
             depth = min(2 * depth, units.dense.ntotal)
 
