@@ -141,8 +141,14 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return keep
 
 
+def is_shipped(row: dict) -> bool:
+    """The variant the appliance loads: its stage in variants.json says "(shipped)"."""
+    return "(shipped)" in row.get("stage", "")
+
+
 def plot(rows: list[dict], path: Path) -> None:
-    """Latency (1 thread) and file size against accuracy, reader top, retriever bottom."""
+    """Latency (1 thread) and file size against accuracy, reader top, retriever bottom;
+    the shipped variant is a star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,19 +160,22 @@ def plot(rows: list[dict], path: Path) -> None:
         chosen = [r for r in rows if r["kind"] == kind and r["score"] is not None and r["exists"]]
         for ax, key, label in ((row_axes[0], "p50_1", "p50 latency, 256-token window, 1 thread (ms)"),
                                (row_axes[1], "bytes", "model file size (MB)")):
-            pts = [(r[key] / (MB if key == "bytes" else 1), r["score"], r["name"]) for r in chosen if r[key] is not None]
+            pts = [(r[key] / (MB if key == "bytes" else 1), r["score"], r["name"], is_shipped(r))
+                   for r in chosen if r[key] is not None]
             if not pts:
                 continue
-            front = set(pareto([(x, y) for x, y, _ in pts]))
-            for i, (x, y, name) in enumerate(pts):
-                ax.scatter(x, y, color="tab:red" if i in front else "tab:blue", s=40, zorder=3)
-                ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            front = set(pareto([(x, y) for x, y, _, _ in pts]))
+            for i, (x, y, name, shipped) in enumerate(pts):
+                ax.scatter(x, y, color="tab:red" if i in front else "tab:blue", s=160 if shipped else 40,
+                           marker="*" if shipped else "o", zorder=3)
+                ax.annotate(f"{name} (shipped)" if shipped else name, (x, y), fontsize=7, xytext=(4, 3),
+                            textcoords="offset points", weight="bold" if shipped else "normal")
             fx = sorted((pts[i][0], pts[i][1]) for i in front)
             ax.plot([p[0] for p in fx], [p[1] for p in fx], color="tab:red", lw=1, ls="--", zorder=2)
             ax.set_xscale("log")
             ax.set_xlabel(label)
             ax.set_ylabel("F1 (dev-42)" if kind == "reader" else "dense R@5 % (dev-42)")
-            ax.set_title(f"{kind}: red = Pareto front")
+            ax.set_title(f"{kind}: red = Pareto front, star = shipped")
             ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
