@@ -13,7 +13,6 @@ chosen by their raw logits and their confidence is normalised over every window 
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass, replace
 from pathlib import Path
 

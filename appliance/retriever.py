@@ -133,11 +133,18 @@ class Retriever:
     def _searches(self, vector: np.ndarray, k: int) -> tuple[dict[int, float], dict[int, float]]:
         """The cosines of the ``k`` nearest passages (best first), and the best cosine among the
         nearest sentences of each passage they belong to (none without sentence vectors)."""
-        units = self.sentences
-        if units is None or units.dense.ntotal == 0:
-            return self._nearest_passages(vector, k), {}
-        depth = min(k * units.most_per_passage, units.dense.ntotal)
-        return self._nearest_passages(vector, k), self._best_sentences(vector, depth)[0]
+        own = self._nearest_passages(vector, k)
+        if not self._has_sentences:
+            return own, {}
+        return own, self._best_sentences(vector, self._sentence_depth(k))[0]
+
+    @property
+    def _has_sentences(self) -> bool:
+        return self.sentences is not None and self.sentences.dense.ntotal > 0
+
+    def _sentence_depth(self, k: int) -> int:
+        """Enough nearest sentences that ``k`` passages are likely among their owners."""
+        return min(k * self.sentences.most_per_passage, self.sentences.dense.ntotal)
 
     def _nearest_passages(self, vector: np.ndarray, k: int) -> dict[int, float]:
         scores, ids = self.dense.search(vector, min(k, self.dense.ntotal))
@@ -171,10 +178,10 @@ class Retriever:
         for at least the ``k`` best of them. The nearest sentences are searched deeper until no
         passage left out could score above the ``k``-th: its best sentence is no nearer than the last
         one found, and its penalty is at least that of two sentences."""
-        units, penalty = self.sentences, self.config.sentence_count_penalty
-        if units is None or units.dense.ntotal == 0:
+        if not self._has_sentences:
             return {}
-        depth = min(k * units.most_per_passage, units.dense.ntotal)
+        units, penalty = self.sentences, self.config.sentence_count_penalty
+        depth = self._sentence_depth(k)
         while True:
             best, last = self._best_sentences(vector, depth)
             score = {p: c - penalty * float(units.log_counts[p]) for p, c in best.items()}
