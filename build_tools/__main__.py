@@ -4,6 +4,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+from appliance.errors import ApplianceError
+from build_tools.errors import DataError
+
 COMMANDS = {
     "export-retriever": "build_tools.export_retriever",
     "train-reader": "build_tools.train_reader",
@@ -34,7 +37,11 @@ def main() -> None:
         print("usage: python -m build_tools {" + ",".join(COMMANDS) + "} [options]", file=sys.stderr)
         sys.exit(2)
     command = sys.argv[1]  # left in sys.argv: manifests record the full command line
-    importlib.import_module(COMMANDS[command]).main(sys.argv[2:])
+    try:
+        importlib.import_module(COMMANDS[command]).main(sys.argv[2:])
+    except (DataError, ApplianceError) as exc:  # the user's input to fix: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -155,9 +155,9 @@ def collect(args, config: Config) -> dict[str, list[Record]]:
     if args.cache and args.cache.exists():
         data = json.loads(args.cache.read_text(encoding="utf-8"))
         return {name: [Record(**r) for r in records] for name, records in data.items()}
+    squad = load_squad(args.squad)  # first: a wrong path is reported before minutes of loading
     pipeline = runtime.load_pipeline(config)
     pipeline.calibrator = None  # features do not depend on it; the fitted one is applied by rescore
-    squad = load_squad(args.squad)
     sets = {"KB tune": kb_records(pipeline, load_questions(args.kb_questions, "tune"), "KB tune"),
             "KB test": kb_records(pipeline, load_questions(args.kb_questions, "test"), "KB test"),
             "SQuAD 2.0 tune": squad_records(pipeline, select_articles(squad, args.tune_articles), "SQuAD 2.0 tune"),

@@ -8,7 +8,6 @@ KB question files: {"split_rule", "questions": [{"id", "question", "kind", "spli
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from appliance.calibrator import candidate_features
 from appliance.pipeline import QAPipeline, Reading, evidence_sentence, text_key
 from appliance.schema import Passage
+from build_tools.errors import DataError, read_json
 from build_tools.evaluate_reader import f1_score
 from build_tools.squad import SquadExample
 
@@ -46,13 +46,17 @@ def is_right(prediction: str, gold: str) -> bool:
 
 
 def load_questions(path: Path, split: str | None = None) -> list[dict]:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, list):  # older format: answerable questions only
-        questions = [{"id": f"{Path(path).stem}-{i}", "kind": "answerable", "split": "test",
-                      "answers": [q["answer"]], **q} for i, q in enumerate(data)]
-    else:
-        questions = data["questions"]
-    return [q for q in questions if split in (None, "all") or q["split"] == split]
+    data = read_json(path, "KB question file")
+    try:
+        if isinstance(data, list):  # older format: answerable questions only
+            questions = [{"id": f"{Path(path).stem}-{i}", "kind": "answerable", "split": "test",
+                          "answers": [q["answer"]], **q} for i, q in enumerate(data)]
+        else:
+            questions = data["questions"]
+        return [q for q in questions if split in (None, "all") or q["split"] == split]
+    except (KeyError, TypeError) as exc:
+        raise DataError(f'{path}: not a KB question file ({{"questions": [...]}} or a list of '
+                        f'{{"question", "answer"}}; {exc!r})') from exc
 
 
 def in_gold_section(passage: Passage, q: dict, passages: list[Passage]) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from appliance.bm25 import BM25, first_terms
 from appliance.windows import Window
+from build_tools.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def _articles(path: str | Path) -> list[dict]:
         if not isinstance(articles, list):
             raise TypeError("'data' is not a list of articles")
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a readable SQuAD-format JSON file ({exc})") from exc
+        raise DataError(f"{path}: not a readable SQuAD-format JSON file ({exc})") from exc
     return articles
 
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from appliance.bm25 import BM25
 from appliance.windows import load_tokenizer
 from build_tools.compress.common import batch_inputs, run_steps
+from build_tools.errors import DataError, read_json, require_files
 from build_tools.paths import PROJECT_ROOT, SHARED_DATA, SQUAD_DIR
 from build_tools.squad import ArticleSearch, load_squad
 from build_tools.training import (JobProgress, add_job_arguments, advance_schedule, jemalloc_loaded, log_json,
@@ -89,10 +90,17 @@ def squad_pairs(paths: list[Path], negatives: bool, title_share: float = 0.0) ->
     return out
 
 
+def medquad_rows(path: Path) -> list[dict]:
+    rows = read_json(path, "MedQuAD-style JSON list of {question, answer}")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{path}: not a readable MedQuAD-style JSON list of {{question, answer}} (not a list of objects)")
+    return rows
+
+
 def medquad_pairs(paths: list[Path], negatives: bool) -> list[tuple[str, str, str | None]]:
     """(question, answer, hard negative) for MedQuAD rows; the negative is never an answer given to
     the same question text (MedQuAD repeats questions across sources)."""
-    rows = [r for path in paths for r in json.loads(Path(path).read_text(encoding="utf-8"))]
+    rows = [r for path in paths for r in medquad_rows(path)]
     pairs = list(dict.fromkeys((_clean(r["question"]), _clean(r["answer"])) for r in rows
                                if _clean(r.get("question", "")) and _clean(r.get("answer", ""))))
     answers = list(dict.fromkeys(a for _, a in pairs))
@@ -271,6 +279,8 @@ def warm_start(model, source: Path, record: dict, scheduler) -> tuple[int, dict]
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if not args.export_snapshot:
+        require_files(args.squad + args.medquad)
     from transformers import AutoModel
 
     job = start_job(args, "retriever", export_snapshot)

@@ -3,7 +3,10 @@
 # distilled student, from the reader job's final model). Jobs that ran to their end and were
 # measured and not shipped run only by name: reader-shared (each question over several passages
 # with one softmax across them, build_tools/shared_norm.py), reader-headings (half the paragraphs
-# read as "Title. context", the way the box reads "heading path. passage") and retriever. Each job
+# read as "Title. context", the way the box reads "heading path. passage"), retriever and
+# retriever-medquad (the retriever trained on MedQuAD's medical question → answer pairs alone), and
+# reader-domains (the reader continued with reviews, Reddit, new Wikipedia and privacy policies
+# beside its own data). Each job
 # lives in its
 # folder outside the repository (~/.cache/appliance/train/JOB, or $APPLIANCE_TRAIN_DIR/JOB) with
 # its checkpoints, log (train.log) and PID; a job is finished when its folder holds final/.
@@ -13,7 +16,7 @@
 #                                 waited for first). Extra arguments per job: READER_ARGS="…",
 #                                 RETRIEVER_ARGS="…", STUDENT_ARGS="…".
 #   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | student | reader-shared |
-#                                 reader-headings | retriever), ARGS to its `python -m build_tools train-…`
+#                                 reader-headings | reader-domains | retriever | retriever-medquad), ARGS to its `python -m build_tools train-…`
 #                                 command.
 #
 # Jobs run under nice (10: they still get a share beside foreground work; nice 19 starves them),
@@ -25,7 +28,7 @@ SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 ROOT=${APPLIANCE_TRAIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/appliance/train}
 JOBS=(reader student)                            # the queue
-BY_NAME=(reader-shared reader-headings retriever)  # finished once, measured, not shipped: only when asked for
+BY_NAME=(reader-shared reader-headings reader-domains retriever retriever-medquad)  # measured, not shipped: only when asked for
 mkdir -p "$ROOT"
 
 # No pipe here ends its reader early (grep -q, awk's exit): under pipefail the writer's SIGPIPE
@@ -60,6 +63,13 @@ job_command() {  # job_command JOB: the build_tools command and fixed arguments 
 --warmup 0.05 --epochs 1 --max-steps 1600";;
         reader-shared) echo "train-reader --warm-start $ROOT/reader/final --shared-norm 3 --lr 3e-5 --warmup 0.05 \
 --epochs 1 --max-steps 2000";;
+        retriever-medquad) echo "train-retriever --squad --epochs 1";;
+        reader-domains) local extra=../shared/data/qa-extra
+            echo "train-reader --warm-start $ROOT/reader/final --data ../shared/data/squad/train-v1.1.json.gz \
+../shared/data/squad/train-v2.0-first10-articles.json $extra/subjqa_train.squad2.json \
+$extra/squadshifts-new_wiki_v1.0.json $extra/squadshifts-reddit_v1.0.json \
+$extra/squadshifts-amazon_reviews_v1.0.json $extra/policyqa-dev.json --lr 3e-5 --warmup 0.05 --epochs 1 \
+--max-steps 1200";;
         *) echo "train-$1";;
     esac
 }

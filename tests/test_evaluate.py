@@ -55,6 +55,25 @@ def test_evaluation_commands_reject_a_non_squad_file(tmp_path):
         assert result.returncode == 2 and "not a readable SQuAD-format" in result.stderr
 
 
+def test_build_commands_name_an_unreadable_input_file_in_one_line(tmp_path):
+    missing, squad = str(tmp_path / "missing.json"), TINY
+    for args in (("calibrate", "--squad", missing, "--plot", ""), ("tune-fusion", "--squad", missing),
+                 ("evaluate-kb", missing), ("evaluate-kb", squad), ("calibrate", "--kb-questions", squad)):
+        result = run_cli("build_tools", *args)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, (args, result.stderr)
+    assert "KB question file" in result.stderr and squad in result.stderr
+
+
+def test_training_commands_refuse_a_missing_data_file_before_starting_a_job(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "job"
+    for command, data in (("train-retriever", "--squad"), ("train-reader", "--data"), ("train-student", "--data")):
+        result = run_cli("build_tools", command, data, str(tmp_path / "missing.json"), "--out", str(out))
+        assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr[-2000:]
+        assert "missing.json" in result.stderr and not out.exists()
+
+
 def test_evaluate_kb_reports_retrieval_answers_and_abstention(kb_index_dir):
     result = run_cli("build_tools", "evaluate-kb", str(DATA / "kb-eval-tiny.json"), "--index", str(kb_index_dir))
     assert result.returncode == 0, result.stderr

@@ -221,7 +221,8 @@ def test_the_training_queue_runs_the_first_unfinished_job_then_the_next(tiny_dir
     assert log.index("started student") < log.index("student finished") < log.index("every job has finished")
     student = json.loads((root / "student" / "final" / "training.json").read_text())
     assert student["teacher"] == str((root / "reader" / "final").resolve())  # distilled from the reader job's model
-    assert not any((root / job).exists() for job in ("reader-shared", "reader-headings", "retriever"))  # by name
+    assert not any((root / job).exists()
+                   for job in ("reader-shared", "reader-headings", "retriever", "retriever-medquad"))  # by name
     again = subprocess.run([str(ROOT / "scripts" / "train.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=60)
     assert "every job has finished" in again.stdout
@@ -236,3 +237,26 @@ def test_the_training_queue_runs_the_first_unfinished_job_then_the_next(tiny_dir
         time.sleep(1)
     headed = json.loads(final.read_text())
     assert headed["heading_share"] == 0.5 and headed["warm_start"] == str(root / "reader" / "final" / "model.safetensors")
+
+
+def test_the_medquad_job_by_name_trains_on_medical_pairs_alone(tiny_dirs, tmp_path):
+    import os
+    import subprocess
+    import time
+
+    from tests.conftest import ROOT
+
+    root = tmp_path / "train"
+    env = {**os.environ, "APPLIANCE_TRAIN_DIR": str(root), "TRAIN_SETUP": "0"}
+    started = subprocess.run([str(ROOT / "scripts" / "train.sh"), "retriever-medquad", "--base",
+                              str(tiny_dirs["retriever"]), "--medquad", str(MEDQUAD), "--batch-size", "3",
+                              "--bf16", "off", "--threads", "1", "--warm-start", "none"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert "started retriever-medquad" in started.stdout, started.stderr
+    final = root / "retriever-medquad" / "final" / "training.json"
+    deadline = time.time() + 300
+    while not final.exists() and time.time() < deadline:
+        time.sleep(1)
+    record = json.loads(final.read_text())
+    assert record["squad"] == [] and record["sources"] == {"squad": 0, "medquad": 5}
+    assert record["epochs"] == 1
