@@ -227,36 +227,35 @@ def test_the_training_queue_runs_the_first_unfinished_job_then_the_next(tiny_dir
                            timeout=60)
     assert "every job has finished" in again.stdout
 
-    by_name = subprocess.run([str(ROOT / "scripts" / "train.sh"), "reader-headings", *tiny_reader_data.split(),
-                              "--batch-size", "4", "--max-steps", "2"], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=60)
-    assert "started reader-headings" in by_name.stdout, by_name.stderr
-    final = root / "reader-headings" / "final" / "training.json"
-    deadline = time.time() + 300
-    while not final.exists() and time.time() < deadline:
-        time.sleep(1)
-    headed = json.loads(final.read_text())
+    headed = run_job_by_name(env, root, "reader-headings", *tiny_reader_data.split(), "--batch-size", "4",
+                             "--max-steps", "2")
     assert headed["heading_share"] == 0.5 and headed["warm_start"] == str(root / "reader" / "final" / "model.safetensors")
 
 
-def test_the_medquad_job_by_name_trains_on_medical_pairs_alone(tiny_dirs, tmp_path):
-    import os
+def run_job_by_name(env: dict, root, job: str, *args: str) -> dict:
+    """`scripts/train.sh JOB ARGS` in the background, waited for: the training record of its final/."""
     import subprocess
     import time
 
     from tests.conftest import ROOT
 
-    root = tmp_path / "train"
-    env = {**os.environ, "APPLIANCE_TRAIN_DIR": str(root), "TRAIN_SETUP": "0"}
-    started = subprocess.run([str(ROOT / "scripts" / "train.sh"), "retriever-medquad", "--base",
-                              str(tiny_dirs["retriever"]), "--medquad", str(MEDQUAD), "--batch-size", "3",
-                              "--bf16", "off", "--threads", "1", "--warm-start", "none"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert "started retriever-medquad" in started.stdout, started.stderr
-    final = root / "retriever-medquad" / "final" / "training.json"
+    started = subprocess.run([str(ROOT / "scripts" / "train.sh"), job, *args], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert f"started {job}" in started.stdout, started.stderr
+    final = root / job / "final" / "training.json"
     deadline = time.time() + 300
     while not final.exists() and time.time() < deadline:
         time.sleep(1)
-    record = json.loads(final.read_text())
+    return json.loads(final.read_text())
+
+
+def test_the_medquad_job_by_name_trains_on_medical_pairs_alone(tiny_dirs, tmp_path):
+    import os
+
+    root = tmp_path / "train"
+    env = {**os.environ, "APPLIANCE_TRAIN_DIR": str(root), "TRAIN_SETUP": "0"}
+    record = run_job_by_name(env, root, "retriever-medquad", "--base", str(tiny_dirs["retriever"]), "--medquad",
+                             str(MEDQUAD), "--batch-size", "3", "--bf16", "off", "--threads", "1",
+                             "--warm-start", "none")
     assert record["squad"] == [] and record["sources"] == {"squad": 0, "medquad": 5}
     assert record["epochs"] == 1
