@@ -1,5 +1,5 @@
-"""The one error the build tools report as a line, not a traceback: an input file they cannot read
-(a wrong path or a file of another format) is the user's to fix, not a bug to debug."""
+"""What the build tools report as one line, not a traceback: an input file they cannot read (a
+wrong path or a file of another format) is the user's to fix, not a bug to debug."""
 from __future__ import annotations
 
 import json

@@ -66,7 +66,7 @@ def _articles(path: str | Path) -> list[dict]:
         articles = data["data"]
         if not isinstance(articles, list):
             raise TypeError("'data' is not a list of articles")
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a readable SQuAD-format JSON file ({exc})") from exc
     return articles
 

@@ -57,7 +57,11 @@ def test_evaluation_commands_reject_a_non_squad_file(tmp_path):
 
 def test_build_commands_name_an_unreadable_input_file_in_one_line(tmp_path):
     missing, squad = str(tmp_path / "missing.json"), TINY
+    binary, truncated = tmp_path / "binary.json", tmp_path / "truncated.json.gz"
+    binary.write_bytes(bytes(range(256)) * 4)
+    truncated.write_bytes(b"\x1f\x8b\x08\x00not gzip")
     for args in (("calibrate", "--squad", missing, "--plot", ""), ("tune-fusion", "--squad", missing),
+                 ("tune-fusion", "--squad", str(binary)), ("evaluate-retriever", str(truncated)),
                  ("evaluate-kb", missing), ("evaluate-kb", squad), ("calibrate", "--kb-questions", squad)):
         result = run_cli("build_tools", *args)
         assert result.returncode == 2, (args, result.stderr[-2000:])
