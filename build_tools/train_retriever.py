@@ -93,7 +93,8 @@ def squad_pairs(paths: list[Path], negatives: bool, title_share: float = 0.0) ->
 def medquad_rows(path: Path) -> list[dict]:
     rows = read_json(path, "MedQuAD-style JSON list of {question, answer}")
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise DataError(f"{path}: not a readable MedQuAD-style JSON list of {{question, answer}} (not a list of objects)")
+        raise DataError(f"{path}: not a readable MedQuAD-style JSON list of {{question, answer}} "
+                        "(not a list of objects)")
     return rows
 
 
