@@ -24,7 +24,6 @@ import torch
 from appliance.reader import heading_prefix
 from appliance.windows import load_tokenizer, make_windows
 from build_tools.compress.common import run_steps
-from build_tools.errors import require_files
 from build_tools.paths import DEFAULT_TRAIN_FILES, PROJECT_ROOT
 from build_tools.shared_norm import build_groups, collate_groups, group_batches, shared_norm_loss
 from build_tools.squad import ArticleSearch, SquadExample, label_window, load_squad
@@ -245,9 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from transformers import AutoModelForQuestionAnswering
 
-    if not args.export_snapshot:
-        require_files(args.data)
-    job = start_job(args, "reader", export_snapshot)
+    job = start_job(args, "reader", export_snapshot, args.data)
     if job is None:
         return
     torch.manual_seed(args.seed)

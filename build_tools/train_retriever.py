@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from appliance.bm25 import BM25
 from appliance.windows import load_tokenizer
 from build_tools.compress.common import batch_inputs, run_steps
-from build_tools.errors import DataError, read_json, require_files
+from build_tools.errors import DataError, read_json
 from build_tools.paths import PROJECT_ROOT, SHARED_DATA, SQUAD_DIR
 from build_tools.squad import ArticleSearch, load_squad
 from build_tools.training import (JobProgress, add_job_arguments, advance_schedule, jemalloc_loaded, log_json,
@@ -91,10 +91,10 @@ def squad_pairs(paths: list[Path], negatives: bool, title_share: float = 0.0) ->
 
 
 def medquad_rows(path: Path) -> list[dict]:
-    rows = read_json(path, "MedQuAD-style JSON list of {question, answer}")
+    what = "MedQuAD-style JSON list of {question, answer}"
+    rows = read_json(path, what)
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise DataError(f"{path}: not a readable MedQuAD-style JSON list of {{question, answer}} "
-                        "(not a list of objects)")
+        raise DataError(f"{path}: not a readable {what} (not a list of objects)")
     return rows
 
 
@@ -280,11 +280,9 @@ def warm_start(model, source: Path, record: dict, scheduler) -> tuple[int, dict]
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if not args.export_snapshot:
-        require_files(args.squad + args.medquad)
     from transformers import AutoModel
 
-    job = start_job(args, "retriever", export_snapshot)
+    job = start_job(args, "retriever", export_snapshot, args.squad + args.medquad)
     if job is None:
         return
     base, out, ckpt, device, use_bf16, stop = job.base, job.out, job.checkpoint, job.device, job.bf16, job.stop

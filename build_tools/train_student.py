@@ -19,7 +19,6 @@ import torch
 from appliance.windows import load_tokenizer
 from build_tools.compress.common import count_parameters, run_steps
 from build_tools.compress.distill import distill_loss, hidden_loss, make_student
-from build_tools.errors import require_files
 from build_tools.train_reader import add_data_arguments, collate, training_data, warm_start
 from build_tools.training import (JobProgress, add_job_arguments, default_train_dir, jemalloc_loaded, log_json,
                                   make_optimiser, resume, save_checkpoint, save_model_dir, start_job)
@@ -87,9 +86,7 @@ def parse_args(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if not args.export_snapshot:
-        require_files(args.data)
-    job = start_job(args, "student", export_snapshot)
+    job = start_job(args, "student", export_snapshot, args.data)
     if job is None:
         return
     torch.manual_seed(args.seed)

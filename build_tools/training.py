@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from build_tools.errors import require_files
+
 
 def default_train_dir(job: str) -> Path:
     """Outside the repository, so a fresh clone or a new checkout keeps the job's progress:
@@ -243,9 +245,11 @@ class Job:
     stop: Callable[[], bool]  # True once SIGTERM/SIGINT asked the job to end
 
 
-def start_job(args, job: str, export_snapshot: Callable[[Path, Path, Path], None]) -> Job | None:
+def start_job(args, job: str, export_snapshot: Callable[[Path, Path, Path], None],
+              data_files: list[str] = ()) -> Job | None:
     """The set-up every job shares, from its add_job_arguments options; None when the command only
-    exported the job's snapshot (--export-snapshot)."""
+    exported the job's snapshot (--export-snapshot). A missing ``data_files`` entry fails here, before
+    the job folder exists."""
     import torch
 
     from build_tools.paths import minilm_dir
@@ -256,6 +260,7 @@ def start_job(args, job: str, export_snapshot: Callable[[Path, Path, Path], None
     if args.export_snapshot:
         export_snapshot(checkpoint, base, Path(args.export_snapshot))
         return None
+    require_files(list(data_files))
     stop = stop_on_signals()
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -6,18 +6,17 @@
 # read as "Title. context", the way the box reads "heading path. passage"), retriever and
 # retriever-medquad (the retriever trained on MedQuAD's medical question → answer pairs alone), and
 # reader-domains (the reader continued with reviews, Reddit, new Wikipedia and privacy policies
-# beside its own data). Each job
-# lives in its
-# folder outside the repository (~/.cache/appliance/train/JOB, or $APPLIANCE_TRAIN_DIR/JOB) with
-# its checkpoints, log (train.log) and PID; a job is finished when its folder holds final/.
+# beside its own data). Each job lives in its folder outside the repository
+# (~/.cache/appliance/train/JOB, or $APPLIANCE_TRAIN_DIR/JOB) with its checkpoints, log (train.log)
+# and PID; a job is finished when its folder holds final/.
 #
 #   scripts/train.sh              resume the first unfinished job in the background; when it
 #                                 finishes, go on to the next (a job that is already running is
 #                                 waited for first). Extra arguments per job: READER_ARGS="…",
 #                                 RETRIEVER_ARGS="…", STUDENT_ARGS="…".
 #   scripts/train.sh JOB [ARGS]   start or resume that job alone (reader | student | reader-shared |
-#                                 reader-headings | reader-domains | retriever | retriever-medquad), ARGS to its `python -m build_tools train-…`
-#                                 command.
+#                                 reader-headings | reader-domains | retriever | retriever-medquad),
+#                                 ARGS to its `python -m build_tools train-…` command.
 #
 # Jobs run under nice (10: they still get a share beside foreground work; nice 19 starves them),
 # with jemalloc when available. Pause a job with kill -STOP "$(cat JOB/pid)", resume with -CONT;
